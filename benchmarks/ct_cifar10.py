@@ -1,0 +1,100 @@
+#!/usr/bin/env python3
+"""Benchmark CT on CIFAR-10 with a BadNet 3x3 patch: TPR, FPR and seconds per phase.
+
+Data: the offline CIFAR-10 copy in ``../shared/data`` (or ``--data-dir``), loaded with its
+``load.py``. The inspected set is the first ``--limit`` training images (all 50,000 by default)
+poisoned at each ``--rates`` value (target class 0); the trusted reserve is the first
+``--reserve`` images of the official test split, as in the CT reference (a clean split held
+apart from training data).
+
+    python benchmarks/ct_cifar10.py --rates 0.01 0.003 --schedules fast
+    python benchmarks/ct_cifar10.py --limit 10000 --schedules fast reference --json out.json
+
+Prints one Markdown table row per run and, with ``--json``, writes every figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from sanitize import ct, from_arrays
+from sanitize.attacks import badnet
+
+CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+
+def load_module(data_dir: Path):
+    spec = importlib.util.spec_from_file_location("shared_load", data_dir / "load.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data-dir", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data")
+    ap.add_argument("--train-parts", type=int, nargs="*", default=None, help="CIFAR parts (10,000 each)")
+    ap.add_argument("--limit", type=int, default=None, help="first N training images")
+    ap.add_argument("--reserve", type=int, default=2000)
+    ap.add_argument("--rates", type=float, nargs="+", default=[0.01, 0.003])
+    ap.add_argument("--schedules", nargs="+", default=["fast"])
+    ap.add_argument("--arch", default="auto")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--json", type=Path, default=None)
+    args = ap.parse_args()
+
+    if not (args.data_dir / "load.py").exists():
+        sys.exit(f"no CIFAR-10 data under {args.data_dir} (pass --data-dir)")
+    loader = load_module(args.data_dir)
+    t0 = time.perf_counter()
+    x, y = loader.load("cifar10", "train", args.train_parts)
+    x, y = x[: args.limit], y[: args.limit]
+    xr, yr = loader.load("cifar10", "test", [0])
+    data = from_arrays(x, y, CLASSES)
+    reserve = from_arrays(xr[: args.reserve], yr[: args.reserve], CLASSES)
+    print(f"loaded {len(data)} train + {len(reserve)} reserve images in {time.perf_counter() - t0:.1f} s",
+          flush=True)
+    device = "cuda" if args.device == "auto" and torch.cuda.is_available() else args.device
+    name = torch.cuda.get_device_name() if device.startswith("cuda") else "cpu"
+
+    rows = []
+    print("| schedule | arch | N | rate | poison | TPR | FPR | flagged | suspected | seconds | device |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for rate in args.rates:
+        poisoned = badnet(data, rate, target=0, seed=args.seed)
+        truth = poisoned.is_poison
+        for schedule in args.schedules:
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            result = ct(poisoned.dataset, reserve, schedule=schedule, arch=args.arch, device=device,
+                        seed=args.seed)
+            seconds = time.perf_counter() - start
+            tpr = float((result.flagged & truth).sum() / max(1, truth.sum()))
+            fpr = float((result.flagged & ~truth).sum() / max(1, (~truth).sum()))
+            row = {"schedule": schedule, "arch": result.settings["arch"], "n": len(data), "rate": rate,
+                   "n_poison": int(truth.sum()), "tpr": tpr, "fpr": fpr, "n_flagged": result.n_flagged,
+                   "suspected": result.suspected_classes, "seconds": seconds, "device": name,
+                   "timings": result.timings, "class_stats": result.class_stats, "seed": args.seed}
+            rows.append(row)
+            print(f"| {schedule} | {row['arch']} | {len(data)} | {rate} | {row['n_poison']} | {tpr:.3f} | "
+                  f"{fpr:.4f} | {result.n_flagged} | {result.suspected_classes} | {seconds:.1f} | {name} |",
+                  flush=True)
+            phases = {k: round(v, 1) for k, v in result.timings.items()}
+            print(f"    phases: {phases}", flush=True)
+            if args.json:
+                args.json.write_text(json.dumps(rows, indent=1))
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,227 @@
+"""The ``sanitize`` command line: a thin layer over the Python API.
+
+Exit codes (CI pipelines gate on them):
+  0  finished, nothing flagged
+  1  finished, poison flagged
+  2  bad usage or bad input (one line on stderr, no traceback; nothing written)
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+from collections.abc import Callable
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .data import ImageDataset, load_image_folder, load_reserve
+from .errors import SanitizeError
+from .output import check_out_dir, staged_output, write_image_subset
+from .progress import Progress, RichProgress, Silent
+from .report import build_report, write_report
+from .result import DetectionResult
+
+EXIT_CLEAN, EXIT_FLAGGED, EXIT_BAD_INPUT = 0, 1, 2
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Find and remove backdoor-poisoned samples from a training set.")
+stdout = Console()
+stderr = Console(stderr=True)
+
+Detect = Callable[[ImageDataset, ImageDataset, Progress], DetectionResult]
+
+DataArg = Annotated[Path, typer.Argument(help="Image folder to inspect: one sub-folder per class.")]
+ReserveOpt = Annotated[Path, typer.Option("--reserve", "-r",
+                                          help="Trusted clean images, same class folder names.")]
+OutOpt = Annotated[Path, typer.Option("--out", "-o", help="New folder for the cleaned dataset and reports.")]
+ForceOpt = Annotated[bool, typer.Option("--force", help="Replace --out if it exists.")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed; the same seed on CPU gives identical flags.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or summary table.")]
+SizeOpt = Annotated[str | None, typer.Option(
+    "--size", help="Resize images to N or HxW pixels (default: the most common size).")]
+
+
+def parse_size(size: str | None) -> tuple[int, int] | None:
+    if size is None:
+        return None
+    try:
+        parts = [int(p) for p in size.lower().split("x")]
+    except ValueError:
+        raise SanitizeError(f"--size {size!r}: expected N or HxW, e.g. 32 or 32x32") from None
+    if len(parts) not in (1, 2) or min(parts) < 4:
+        raise SanitizeError(f"--size {size!r}: expected N or HxW with sides of at least 4 pixels")
+    return (parts[0], parts[-1])
+
+
+def run_detector(detect: Detect, data_dir: Path, reserve_dir: Path, out: Path, force: bool,
+                 size: str | None, quiet: bool) -> int:
+    """load -> detect -> decide -> write, shared by every detector command."""
+    out = check_out_dir(out, [data_dir, reserve_dir], force)
+    data = load_image_folder(data_dir, size=parse_size(size))
+    reserve = load_reserve(reserve_dir, data)
+    bars = RichProgress() if not quiet else nullcontext(Silent())
+    with bars as progress:
+        result = detect(data, reserve, progress)
+    report = build_report(data, result)
+    with staged_output(out) as staging:
+        write_image_subset(data, result.kept_indices, staging)
+        write_report(report, staging)
+    if not quiet:
+        print_summary(report, out)
+    return EXIT_FLAGGED if result.n_flagged else EXIT_CLEAN
+
+
+def print_summary(report: dict, out: Path) -> None:
+    summary = report["summary"]
+    table = Table(title=f"sanitize {summary['method']}", show_header=False)
+    table.add_row("samples", str(summary["n_samples"]))
+    table.add_row("flagged", f"{summary['n_flagged']} ({100 * summary['flagged_fraction']:.2f}%)")
+    table.add_row("suspected classes", ", ".join(summary["suspected_classes"]) or "none")
+    table.add_row("time", f"{summary['seconds']:.1f} s on {summary['device']}")
+    settings = summary.get("settings", {})
+    if settings:
+        table.add_row("settings", ", ".join(f"{k}={settings[k]}" for k in ("schedule", "arch") if k in settings))
+    for note in summary["notes"]:
+        table.add_row("note", note)
+    table.add_row("output", str(out))
+    stdout.print(table)
+
+
+@app.command("ct")
+def ct_command(
+    data: DataArg,
+    reserve: ReserveOpt,
+    out: OutOpt,
+    schedule: Annotated[str, typer.Option(help="fast (default) or reference (the paper's settings).")] = "fast",
+    arch: Annotated[str, typer.Option(help="Model: auto, resnet18, small_cnn, mobilenet_v2, vgg16, "
+                                           "densenet121 (auto: resnet18 on a GPU at >= 32 px, else small_cnn).")
+                    ] = "auto",
+    device: DeviceOpt = "auto",
+    seed: SeedOpt = 0,
+    size: SizeOpt = None,
+    force: ForceOpt = False,
+    quiet: QuietOpt = False,
+) -> int:
+    """Confusion Training (Qi et al., USENIX Security 2023): flag poison samples in DATA."""
+    from .detectors.ct import ConfusionTraining, get_schedule
+    from .devices import resolve_device
+    from .models import available_models
+
+    get_schedule(schedule)
+    resolve_device(device)
+    if arch != "auto" and arch not in available_models():
+        raise SanitizeError(f"unknown --arch {arch!r}; choose from auto, {', '.join(available_models())}")
+
+    def detect(d: ImageDataset, r: ImageDataset, progress: Progress) -> DetectionResult:
+        return ConfusionTraining(schedule, arch, device, seed, progress).detect(d, r)
+
+    return run_detector(detect, data, reserve, out, force, size, quiet)
+
+
+@app.command("demo")
+def demo_command(
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Where to write (default: a new temp folder).")
+                   ] = None,
+    rate: Annotated[float, typer.Option(help="Poison rate of the BadNet corner patch.")] = 0.05,
+    device: DeviceOpt = "auto",
+    seed: SeedOpt = 0,
+    quiet: QuietOpt = False,
+) -> int:
+    """Self-test on bundled data: poison scikit-learn's digits with a corner patch, run CT, score it."""
+    from . import examples
+    from .attacks import badnet
+    from .detectors.ct import ConfusionTraining
+
+    root = Path(out) if out else Path(tempfile.mkdtemp(prefix="sanitize-demo-"))
+    if out and out.exists() and any(out.iterdir()):
+        raise SanitizeError(f"--out {out} exists and is not empty")
+    root.mkdir(parents=True, exist_ok=True)
+    inspected, reserve = examples.split_reserve(examples.digits(), 0.25, seed=seed)
+    poisoned = badnet(inspected, rate, target=0, seed=seed)
+    write_image_subset(poisoned.dataset, range(len(poisoned.dataset)), root / "data")
+    write_image_subset(reserve, range(len(reserve)), root / "reserve")
+    if not quiet:
+        stdout.print(f"digits: {len(inspected)} images, {len(poisoned.poison_indices)} poisoned with a "
+                     f"corner patch -> class '0'; reserve: {len(reserve)} clean images\n"
+                     f"written to {root}/data and {root}/reserve")
+
+    def detect(d: ImageDataset, r: ImageDataset, progress: Progress) -> DetectionResult:
+        return ConfusionTraining("fast", "auto", device, seed, progress).detect(d, r)
+
+    run_detector(detect, root / "data", root / "reserve", root / "cleaned", False, None, quiet)
+    truth = set(poisoned.dataset.paths[i] for i in poisoned.poison_indices)
+    import json
+
+    report = json.loads((root / "cleaned" / "report.json").read_text())
+    flagged = {s["path"] for s in report["samples"] if s["flagged"]}
+    n_clean = len(report["samples"]) - len(truth)
+    tpr = len(flagged & truth) / max(1, len(truth))
+    fpr = len(flagged - truth) / max(1, n_clean)
+    stdout.print(f"ground truth: TPR {tpr:.3f} ({len(flagged & truth)}/{len(truth)} poison flagged), "
+                 f"FPR {fpr:.4f} ({len(flagged - truth)}/{n_clean} clean flagged)\n"
+                 f"report: {root / 'cleaned' / 'report.json'}")
+    return EXIT_CLEAN
+
+
+def _register_subcommands() -> None:
+    """Attach command groups that live in their own modules (attack, evaluate, ...)."""
+    from importlib import import_module
+
+    for module in ("sanitize.cli_attack",):
+        try:
+            import_module(module).register(app)
+        except ModuleNotFoundError as exc:
+            if exc.name != module:
+                raise
+
+
+_register_subcommands()
+
+
+def _usage_error_message(exc: BaseException) -> str | None:
+    """The one-line message of a Click usage error, whichever Click copy raised it.
+
+    Recent Typer releases vendor Click, so the exception classes differ between versions; a usage
+    error is recognised by Click's interface (``format_message`` and ``exit_code``).
+    """
+    if hasattr(exc, "format_message") and hasattr(exc, "exit_code"):
+        return str(exc.format_message())
+    return None
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: map user errors to one line + exit 2, results to 0/1."""
+    try:
+        code = app(args=argv, standalone_mode=False)
+    except SanitizeError as exc:
+        _fail(str(exc))
+    except KeyboardInterrupt:
+        stderr.print("interrupted: nothing was written", markup=False)
+        sys.exit(130)
+    except Exception as exc:
+        kind = type(exc).__name__
+        if kind == "Exit":
+            sys.exit(getattr(exc, "exit_code", 0))
+        if kind == "Abort":
+            stderr.print("interrupted: nothing was written", markup=False)
+            sys.exit(130)
+        message = _usage_error_message(exc)
+        if message is None:
+            raise
+        _fail(message)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _fail(message: str) -> None:
+    stderr.print(f"error: {message}", markup=False, highlight=False, soft_wrap=True)
+    sys.exit(EXIT_BAD_INPUT)
+
+
+if __name__ == "__main__":
+    main()

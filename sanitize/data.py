@@ -1,0 +1,241 @@
+"""Image-folder datasets: decode once, keep the whole set as one uint8 tensor.
+
+Layout: ``root/<class name>/<image file>``. Every detector reads an :class:`ImageDataset`, which
+holds the decoded pixels (``N x C x H x W`` uint8, on the chosen device), integer labels, the class
+names and each sample's path relative to ``root`` so reports can point back at the input files.
+
+Images of any size and mode are accepted: if every image is single-channel the set stays
+grayscale, otherwise everything is converted to RGB; images whose size differs from the common
+``size`` (by default the most frequent one) are resized with antialiasing. Both decisions are
+recorded in :attr:`ImageDataset.notes` and end up in the report.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torchvision.transforms.v2 import functional as TF
+
+from .errors import SanitizeError
+
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".webp"})
+GRAYSCALE_MODES = frozenset({"1", "L", "LA", "I", "I;16", "F"})
+
+
+@dataclass
+class ImageDataset:
+    """A labelled image set held as one tensor.
+
+    ``paths`` are POSIX-style paths relative to ``root`` (``"cat/0001.png"``); for in-memory
+    datasets built with :func:`from_arrays` they are synthetic but still unique.
+    """
+
+    images: torch.Tensor  # uint8, N x C x H x W
+    labels: torch.Tensor  # int64, N
+    classes: list[str]
+    paths: list[str]
+    root: Path | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.images.dtype != torch.uint8 or self.images.ndim != 4:
+            raise ValueError("images must be a uint8 tensor of shape N x C x H x W")
+        if not (len(self.images) == len(self.labels) == len(self.paths)):
+            raise ValueError("images, labels and paths must have the same length")
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def channels(self) -> int:
+        return int(self.images.shape[1])
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return int(self.images.shape[2]), int(self.images.shape[3])
+
+    @property
+    def device(self) -> torch.device:
+        return self.images.device
+
+    def to(self, device: torch.device | str) -> ImageDataset:
+        return ImageDataset(self.images.to(device), self.labels.to(device), self.classes,
+                            self.paths, self.root, list(self.notes))
+
+    def subset(self, index: Sequence[int] | np.ndarray | torch.Tensor) -> ImageDataset:
+        """The samples at ``index`` (same classes, paths kept)."""
+        idx = torch.as_tensor(np.asarray(index, dtype=np.int64), device=self.images.device)
+        paths = [self.paths[i] for i in idx.tolist()]
+        return ImageDataset(self.images[idx], self.labels[idx], self.classes, paths, self.root,
+                            list(self.notes))
+
+    def class_counts(self) -> np.ndarray:
+        return np.bincount(self.labels.cpu().numpy(), minlength=self.num_classes)
+
+
+def from_arrays(images: np.ndarray, labels: np.ndarray, classes: Sequence[str],
+                paths: Sequence[str] | None = None) -> ImageDataset:
+    """Build a dataset from ``N x H x W`` (grayscale) or ``N x H x W x C`` uint8 arrays."""
+    images = np.asarray(images)
+    if images.dtype != np.uint8:
+        raise SanitizeError(f"images must be uint8, got {images.dtype}")
+    if images.ndim == 3:
+        images = images[..., None]
+    if images.ndim != 4:
+        raise SanitizeError(f"images must be N x H x W (x C), got shape {images.shape}")
+    labels = np.asarray(labels, dtype=np.int64)
+    if len(labels) and (labels.min() < 0 or labels.max() >= len(classes)):
+        raise SanitizeError("labels must lie in [0, number of classes)")
+    if paths is None:
+        paths = [f"{classes[y]}/{i:06d}.png" for i, y in enumerate(labels)]
+    tensor = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
+    return ImageDataset(tensor, torch.from_numpy(labels), list(classes), list(paths))
+
+
+def list_image_folder(root: Path) -> tuple[list[str], list[tuple[str, int]]]:
+    """Class names (sorted sub-folder names) and ``(relative path, class index)`` per image.
+
+    Hidden entries and files with other suffixes are ignored; sub-folders of a class folder are
+    searched too (their images belong to that class).
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise SanitizeError(f"{root}: not a directory")
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    entries: list[tuple[str, int]] = []
+    for index, name in enumerate(classes):
+        for dirpath, dirnames, filenames in os.walk(root / name):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            for filename in sorted(filenames):
+                if filename.startswith(".") or Path(filename).suffix.lower() not in IMAGE_SUFFIXES:
+                    continue
+                rel = Path(dirpath, filename).relative_to(root).as_posix()
+                entries.append((rel, index))
+    if not entries:
+        raise SanitizeError(
+            f"{root}: no images found (expected one sub-folder per class containing "
+            f"{', '.join(sorted(IMAGE_SUFFIXES))} files)"
+        )
+    return classes, entries
+
+
+def _decode(path: Path) -> Image.Image:
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return img
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        reason = str(exc).split("\n")[0] or type(exc).__name__
+        raise SanitizeError(f"{path}: cannot decode image ({reason})") from None
+
+
+def _to_array(img: Image.Image, grayscale: bool) -> np.ndarray:
+    if grayscale:
+        if img.mode in ("I", "I;16", "F"):
+            # High-bit-depth grayscale: scale into 8 bits instead of clipping.
+            arr = np.asarray(img, dtype=np.float64)
+            peak = arr.max() if arr.max() > 255 else 255.0
+            return np.round(arr * 255.0 / peak).astype(np.uint8)[..., None]
+        return np.asarray(img.convert("L"), dtype=np.uint8)[..., None]
+    return np.asarray(img.convert("RGB"), dtype=np.uint8)
+
+
+def decode_images(files: Sequence[Path], *, size: tuple[int, int] | None = None,
+                  grayscale: bool | None = None, workers: int | None = None
+                  ) -> tuple[torch.Tensor, tuple[int, int], bool, list[str]]:
+    """Decode ``files`` into one uint8 ``N x C x H x W`` tensor.
+
+    Returns the tensor, the common size, whether it is grayscale, and notes describing any
+    conversion (so the user is told rather than surprised).
+    """
+    workers = workers or min(16, (os.cpu_count() or 2) * 2)
+    with ThreadPoolExecutor(workers) as pool:
+        decoded = list(pool.map(_decode, files))
+    notes: list[str] = []
+    if grayscale is None:
+        grayscale = all(img.mode in GRAYSCALE_MODES for img in decoded)
+        if not grayscale and any(img.mode in GRAYSCALE_MODES for img in decoded):
+            notes.append("mixed grayscale and colour images: all converted to RGB")
+    sizes = Counter((img.height, img.width) for img in decoded)
+    if size is None:
+        size = sizes.most_common(1)[0][0]
+        if len(sizes) > 1:
+            notes.append(f"images have {len(sizes)} different sizes: resized to the most common, "
+                         f"{size[0]}x{size[1]} (set --size to choose)")
+    resized = 0
+    out = torch.empty((len(decoded), 1 if grayscale else 3, *size), dtype=torch.uint8)
+    for i, img in enumerate(decoded):
+        chw = torch.from_numpy(_to_array(img, grayscale)).permute(2, 0, 1)
+        if tuple(chw.shape[1:]) != tuple(size):
+            chw = TF.resize(chw, list(size), antialias=True)
+            resized += 1
+        out[i] = chw
+    if resized and len(sizes) == 1:
+        notes.append(f"all {resized} images resized to {size[0]}x{size[1]}")
+    return out, tuple(size), grayscale, notes
+
+
+def load_image_folder(root: str | Path, *, size: tuple[int, int] | int | None = None,
+                      grayscale: bool | None = None, device: torch.device | str = "cpu"
+                      ) -> ImageDataset:
+    """Load ``root/<class>/<image>`` into an :class:`ImageDataset` on ``device``."""
+    root = Path(root)
+    classes, entries = list_image_folder(root)
+    if isinstance(size, int):
+        size = (size, size)
+    images, size, grayscale, notes = decode_images([root / rel for rel, _ in entries],
+                                                   size=size, grayscale=grayscale)
+    labels = torch.tensor([label for _, label in entries], dtype=torch.int64)
+    empty = [c for i, c in enumerate(classes) if not (labels == i).any()]
+    if empty:
+        notes.append(f"class folders without images: {', '.join(empty)}")
+    dataset = ImageDataset(images, labels, classes, [rel for rel, _ in entries], root, notes)
+    return dataset.to(device)
+
+
+def load_reserve(root: str | Path, data: ImageDataset) -> ImageDataset:
+    """Load the trusted reserve with ``data``'s class indices, size and channel count.
+
+    A reserve may cover only some of the classes; a class the data does not have is an error,
+    because it means the two folders do not describe the same task.
+    """
+    root = Path(root)
+    classes, entries = list_image_folder(root)
+    unknown = sorted(set(classes) - set(data.classes))
+    if unknown:
+        raise SanitizeError(f"reserve {root}: class(es) not in the dataset: {', '.join(unknown)}")
+    images, _, _, notes = decode_images([root / rel for rel, _ in entries], size=data.size,
+                                        grayscale=data.channels == 1)
+    mapping = [data.classes.index(c) for c in classes]
+    labels = torch.tensor([mapping[label] for _, label in entries], dtype=torch.int64)
+    reserve = ImageDataset(images, labels, list(data.classes), [rel for rel, _ in entries], root,
+                           notes)
+    return reserve.to(data.device)
+
+
+def check_reserve(reserve: ImageDataset, data: ImageDataset) -> None:
+    """Reject a reserve that cannot serve as trusted clean data for ``data``."""
+    if reserve.classes != data.classes:
+        raise SanitizeError("reserve and dataset must use the same class list")
+    if reserve.size != data.size or reserve.channels != data.channels:
+        raise SanitizeError(
+            f"reserve images are {reserve.channels}x{reserve.size[0]}x{reserve.size[1]}, "
+            f"dataset images {data.channels}x{data.size[0]}x{data.size[1]}"
+        )
+    if len(reserve) < 2 * max(1, data.num_classes):
+        raise SanitizeError(
+            f"reserve has {len(reserve)} images: need at least two per class "
+            f"({2 * data.num_classes}); a few hundred or more is recommended"
+        )

@@ -1,0 +1,1 @@
+"""Detectors: each returns a :class:`sanitize.result.DetectionResult`."""

@@ -1,0 +1,185 @@
+"""GPU-resident training engine shared by the detectors.
+
+In the spirit of airbench: the dataset already lives on the device as uint8, so a batch is an
+index into it, converted to float, normalised and (optionally) flipped and randomly cropped on
+the device. There is no DataLoader, no host-to-device copy per step and no worker processes.
+On CUDA the forward/backward runs under bf16 autocast with channels-last memory; on the CPU it
+runs in float32 and is deterministic for a given seed.
+
+Index permutations come from a CPU :class:`torch.Generator`, so a seed selects the same batches
+on every device.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from .models import Classifier
+
+
+@dataclass
+class Preprocess:
+    """uint8 -> normalised float on the device, with optional flip + crop augmentation."""
+
+    mean: torch.Tensor  # 1 x C x 1 x 1
+    std: torch.Tensor
+    channels_last: bool = False
+
+    @classmethod
+    def fit(cls, images: torch.Tensor) -> Preprocess:
+        """Per-channel statistics of the data being inspected (not of a fixed benchmark)."""
+        sample = images[:: max(1, len(images) // 20000)].float().div_(255)
+        mean = sample.mean(dim=(0, 2, 3), keepdim=True)
+        std = sample.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-3)
+        return cls(mean, std, channels_last=images.device.type == "cuda")
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        x = images.float().div_(255).sub_(self.mean).div_(self.std)
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+
+def flip_and_crop(x: torch.Tensor, generator: torch.Generator, pad: int) -> torch.Tensor:
+    """Random horizontal flip and random ``pad``-pixel translation (reflect padding), per sample.
+
+    One gather for the whole batch; the random draws come from the CPU generator so that
+    augmentation is seeded the same way as batching.
+    """
+    n, _, h, w = x.shape
+    flip = torch.rand(n, generator=generator) < 0.5
+    x = torch.where(flip.to(x.device)[:, None, None, None], x.flip(-1), x)
+    if pad <= 0:
+        return x
+    shifts = torch.randint(0, 2 * pad + 1, (2, n), generator=generator).to(x.device)
+    padded = F.pad(x, (pad, pad, pad, pad), mode="reflect")
+    rows = (torch.arange(h, device=x.device)[None, :] + shifts[0][:, None])[:, None, :, None]
+    cols = (torch.arange(w, device=x.device)[None, :] + shifts[1][:, None])[:, None, None, :]
+    batch = torch.arange(n, device=x.device)[:, None, None, None]
+    chan = torch.arange(x.shape[1], device=x.device)[None, :, None, None]
+    return padded[batch, chan, rows, cols]
+
+
+def autocast(device: torch.device):
+    """bf16 autocast on CUDA (no loss scaling needed), plain float32 elsewhere."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def epoch_batches(n: int, batch_size: int, generator: torch.Generator,
+                  drop_last: bool = True) -> Iterator[torch.Tensor]:
+    """Shuffled index batches covering ``n`` samples once."""
+    order = torch.randperm(n, generator=generator)
+    stop = n - n % batch_size if drop_last and n >= batch_size else n
+    for start in range(0, stop, batch_size):
+        yield order[start:start + batch_size]
+
+
+def endless_batches(n: int, batch_size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
+    """Shuffled index batches forever (a fresh permutation each pass), for step-based loops."""
+    while True:
+        yield from epoch_batches(n, min(batch_size, n), generator, drop_last=True)
+
+
+def make_sgd(model: nn.Module, lr: float, momentum: float, weight_decay: float,
+             nesterov: bool = False) -> torch.optim.SGD:
+    return torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay,
+                           nesterov=nesterov and momentum > 0)
+
+
+def weighted_cross_entropy(logits: torch.Tensor, targets: torch.Tensor,
+                           sample_weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Cross-entropy averaged with per-sample weights (normalised by their sum)."""
+    losses = F.cross_entropy(logits.float(), targets, reduction="none")
+    if sample_weights is None:
+        return losses.mean()
+    return (losses * sample_weights).sum() / sample_weights.sum()
+
+
+@dataclass
+class TrainSpec:
+    """One supervised training run: how many epochs, batch size and SGD settings."""
+
+    epochs: int
+    batch_size: int
+    lr: float
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    augment: bool = False
+    lr_schedule: str = "constant"  # or "multistep" / "onecycle", see lr_factor
+    nesterov: bool = False
+    crop_pad: int = 4
+
+
+def train_supervised(model: Classifier, images: torch.Tensor, labels: torch.Tensor,
+                     spec: TrainSpec, prep: Preprocess, generator: torch.Generator,
+                     on_epoch: Callable[[], None] | None = None) -> Classifier:
+    """Plain supervised SGD on device-resident ``images``/``labels``."""
+    device = images.device
+    model.train()
+    opt = make_sgd(model, spec.lr, spec.momentum, spec.weight_decay, spec.nesterov)
+    n = len(labels)
+    batch_size = min(spec.batch_size, n)
+    steps_per_epoch = max(1, n // batch_size)
+    total = steps_per_epoch * spec.epochs
+    step = 0
+    for _ in range(spec.epochs):
+        for idx in epoch_batches(n, batch_size, generator):
+            idx = idx.to(device)
+            x = prep(images[idx])
+            if spec.augment:
+                x = flip_and_crop(x, generator, spec.crop_pad)
+            if spec.lr_schedule != "constant":
+                for group in opt.param_groups:
+                    group["lr"] = spec.lr * lr_factor(spec.lr_schedule, step, total)
+            with autocast(device):
+                loss = F.cross_entropy(model(x).float(), labels[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step += 1
+        if on_epoch:
+            on_epoch()
+    return model
+
+
+def lr_factor(schedule: str, step: int, total: int, warmup: float = 0.15) -> float:
+    """Learning-rate multiplier at ``step`` of ``total``.
+
+    ``multistep``: x0.1 at 50% and again at 75% of training (the CT paper's base model).
+    ``onecycle``: linear warm-up over the first ``warmup`` fraction, then linear decay to zero.
+    """
+    if schedule == "multistep":
+        return 0.01 if step >= 0.75 * total else 0.1 if step >= 0.5 * total else 1.0
+    if schedule == "onecycle":
+        peak = max(1, int(total * warmup))
+        if step < peak:
+            return (step + 1) / peak
+        return max(0.0, (total - step) / max(1, total - peak))
+    raise ValueError(f"unknown lr schedule {schedule!r}")
+
+
+@torch.no_grad()
+def infer(model: Classifier, images: torch.Tensor, prep: Preprocess, batch_size: int = 1024,
+          features: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Logits (float32) and optionally penultimate features for every image, in eval mode."""
+    model.eval()
+    logits_out, feats_out = [], []
+    for start in range(0, len(images), batch_size):
+        x = prep(images[start:start + batch_size])
+        with autocast(images.device):
+            feats, logits = model.features_and_logits(x)
+        logits_out.append(logits.float())
+        if features:
+            feats_out.append(feats.float())
+    logits = torch.cat(logits_out) if logits_out else torch.empty(0)
+    return logits, (torch.cat(feats_out) if features else None)
+
+
+def steps_per_epoch(n: int, batch_size: int) -> int:
+    return max(1, n // min(batch_size, n))
