@@ -148,8 +148,8 @@ def _to_array(img: Image.Image, grayscale: bool) -> np.ndarray:
             arr = np.asarray(img, dtype=np.float64)
             peak = arr.max() if arr.max() > 255 else 255.0
             return np.round(arr * 255.0 / peak).astype(np.uint8)[..., None]
-        return np.asarray(img.convert("L"), dtype=np.uint8)[..., None]
-    return np.asarray(img.convert("RGB"), dtype=np.uint8)
+        return np.array(img.convert("L"), dtype=np.uint8)[..., None]
+    return np.array(img.convert("RGB"), dtype=np.uint8)
 
 
 def decode_images(files: Sequence[Path], *, size: tuple[int, int] | None = None,

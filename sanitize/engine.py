@@ -71,19 +71,32 @@ def autocast(device: torch.device):
     return nullcontext()
 
 
-def epoch_batches(n: int, batch_size: int, generator: torch.Generator,
+def epoch_batches(n: int, batch_size: int, generator: torch.Generator, device: torch.device | None = None,
                   drop_last: bool = True) -> Iterator[torch.Tensor]:
-    """Shuffled index batches covering ``n`` samples once."""
+    """Shuffled index batches covering ``n`` samples once.
+
+    The permutation is drawn on the CPU (same seed, same batches on every device) and moved to
+    ``device`` once per epoch, so steps do not each wait for a host-to-device copy.
+    """
     order = torch.randperm(n, generator=generator)
+    if device is not None:
+        order = order.to(device)
     stop = n - n % batch_size if drop_last and n >= batch_size else n
     for start in range(0, stop, batch_size):
         yield order[start:start + batch_size]
 
 
-def endless_batches(n: int, batch_size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
-    """Shuffled index batches forever (a fresh permutation each pass), for step-based loops."""
-    while True:
-        yield from epoch_batches(n, min(batch_size, n), generator, drop_last=True)
+def planned_batches(n: int, batch_size: int, count: int, generator: torch.Generator,
+                    device: torch.device) -> torch.Tensor:
+    """``count`` shuffled index batches (``count x batch_size``), fresh permutation per pass.
+
+    For step-based loops: the whole plan is drawn up front and sent to the device in one copy.
+    """
+    batch_size = min(batch_size, n)
+    per_pass = n // batch_size
+    passes = -(-count // per_pass)
+    plan = torch.cat([torch.randperm(n, generator=generator)[: per_pass * batch_size] for _ in range(passes)])
+    return plan[: count * batch_size].view(count, batch_size).to(device)
 
 
 def make_sgd(model: nn.Module, lr: float, momentum: float, weight_decay: float,
@@ -129,8 +142,7 @@ def train_supervised(model: Classifier, images: torch.Tensor, labels: torch.Tens
     total = steps_per_epoch * spec.epochs
     step = 0
     for _ in range(spec.epochs):
-        for idx in epoch_batches(n, batch_size, generator):
-            idx = idx.to(device)
+        for idx in epoch_batches(n, batch_size, generator, device):
             x = prep(images[idx])
             if spec.augment:
                 x = flip_and_crop(x, generator, spec.crop_pad)
