@@ -1,0 +1,366 @@
+"""``sanitize attack`` and ``sanitize evaluate``: make a poisoned set with ground truth, score a report.
+
+``attack`` never writes into its inputs: the poisoned folder (and the triggered test copy) are
+staged next to their destination and renamed into place only when complete
+(:func:`sanitize.output.staged_output`). Unmodified images are hard-linked (or copied across file
+systems), modified ones are written as PNG under their original file stem; poison samples whose
+label changes move to the target class folder. ``poison.json`` records which output paths are
+poison and cover, so ``evaluate`` can score any detector's ``report.json`` on that folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path, PurePosixPath
+from typing import Annotated, Any
+
+import numpy as np
+import torch
+import typer
+from PIL import Image
+from rich.console import Console
+from rich.table import Table
+
+from .attacks import ATTACK_INFO, ATTACKS, PoisonedSet, Stamp, apply_trigger_to_test, load_trigger
+from .data import ImageDataset, decode_images, list_image_folder, load_image_folder
+from .errors import SanitizeError
+from .evaluate import evaluate_files, format_metric
+from .output import check_out_dir, staged_output, write_image_subset
+from .report import library_versions
+
+POISON_SCHEMA_VERSION = 1
+stdout = Console()
+
+
+def register(app: typer.Typer) -> None:
+    """Attach ``attack`` and ``evaluate`` to the main ``sanitize`` app."""
+    app.command("attack")(attack_command)
+    app.command("evaluate")(evaluate_command)
+
+
+def _attack_help() -> str:
+    rows = [f"{name} ({info.default_rate:g}" + (f" + {info.default_cover_rate:g} cover" if info.default_cover_rate
+                                                else "") + ")"
+            for name, info in ATTACK_INFO.items()]
+    return "Attack (default rate): " + ", ".join(rows) + ". See docs/attacks.md."
+
+
+def resolve_class(value: str, classes: list[str], option: str) -> int:
+    """A class given by folder name or by index (a name wins if both could match)."""
+    if value in classes:
+        return classes.index(value)
+    try:
+        index = int(value)
+    except ValueError:
+        raise SanitizeError(f"{option} {value!r}: not a class name or index "
+                            f"(classes: {', '.join(classes[:12])}{', ...' if len(classes) > 12 else ''})") from None
+    if not 0 <= index < len(classes):
+        raise SanitizeError(f"{option} {value}: the dataset has classes 0..{len(classes) - 1}")
+    return index
+
+
+def check_options(name: str, rate: float | None, cover_rate: float | None, source: str | None,
+                  cover_classes: str | None, trigger: Path | None, mask: Path | None,
+                  test: Path | None, test_out: Path | None, seed: int) -> None:
+    """Reject options the chosen attack does not take, before anything is read."""
+    if name not in ATTACKS:
+        raise SanitizeError(f"unknown attack {name!r}; choose from {', '.join(ATTACKS)}")
+    info = ATTACK_INFO[name]
+    for value, option in ((rate, "--rate"), (cover_rate, "--cover-rate")):
+        if value is not None and not 0 <= value < 1:
+            raise SanitizeError(f"{option} {value}: expected a fraction in [0, 1)")
+    if seed < 0:
+        raise SanitizeError(f"--seed {seed}: expected a non-negative integer")
+    if cover_rate is not None and info.default_cover_rate is None:
+        raise SanitizeError(f"{name} has no cover samples; drop --cover-rate")
+    if (source is not None or cover_classes is not None) and not info.has_source:
+        raise SanitizeError(f"{name} is not source-specific; --source/--cover-classes apply to tact only")
+    if trigger is not None and not info.custom_trigger:
+        custom = ", ".join(n for n, i in ATTACK_INFO.items() if i.custom_trigger)
+        raise SanitizeError(f"{name} does not take --trigger (attacks that do: {custom})")
+    if mask is not None and trigger is None:
+        raise SanitizeError("--mask needs --trigger")
+    for path, option in ((trigger, "--trigger"), (mask, "--mask")):
+        if path is not None and not path.is_file():
+            raise SanitizeError(f"{option} {path}: no such file")
+    if (test is None) != (test_out is None):
+        raise SanitizeError("--test and --test-out go together")
+
+
+def attack_params(name: str, data: ImageDataset, rate: float | None, cover_rate: float | None,
+                  source: str | None, cover_classes: str | None, stamp: Stamp | None) -> dict[str, Any]:
+    info = ATTACK_INFO[name]
+    params: dict[str, Any] = {"rate": info.default_rate if rate is None else rate}
+    if info.default_cover_rate is not None:
+        params["cover_rate"] = info.default_cover_rate if cover_rate is None else cover_rate
+    if info.has_source:
+        if source is not None:
+            params["source"] = resolve_class(source, data.classes, "--source")
+        if cover_classes is not None:
+            names = [c.strip() for c in cover_classes.split(",") if c.strip()]
+            params["cover_classes"] = [resolve_class(c, data.classes, "--cover-classes") for c in names]
+    if stamp is not None:
+        params["trigger"] = stamp
+    return params
+
+
+def output_paths(data: ImageDataset, poisoned: PoisonedSet) -> list[str]:
+    """Where each sample goes in the poisoned folder.
+
+    Unmodified samples keep their path. Modified ones keep their file stem with a ``.png``
+    suffix, under the target class folder when their label changed. A name already taken gets
+    ``-from-<original class>`` (and a counter if needed) so nothing is overwritten.
+    """
+    modified = np.zeros(len(data), dtype=bool)
+    modified[poisoned.poison_indices] = True
+    modified[poisoned.cover_indices] = True
+    out = list(data.paths)
+    taken = {p for i, p in enumerate(data.paths) if not modified[i]}
+    old_labels = data.labels.cpu().numpy()
+    new_labels = poisoned.dataset.labels.cpu().numpy()
+    for i in np.flatnonzero(modified).tolist():
+        rel = PurePosixPath(data.paths[i])
+        parts = list(rel.parent.parts)
+        if new_labels[i] != old_labels[i]:
+            parts[0] = data.classes[int(new_labels[i])]
+        folder = PurePosixPath(*parts)
+        candidate = (folder / f"{rel.stem}.png").as_posix()
+        counter = 1
+        while candidate in taken:
+            tag = f"-from-{data.classes[int(old_labels[i])]}" + (f"-{counter}" if counter > 1 else "")
+            candidate = (folder / f"{rel.stem}{tag}.png").as_posix()
+            counter += 1
+        taken.add(candidate)
+        out[i] = candidate
+    return out
+
+
+def save_png(chw: torch.Tensor, path: Path) -> None:
+    """Write a ``C x H x W`` uint8 tensor as PNG (grayscale or RGB)."""
+    arr = chw.cpu().numpy()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arr[0] if arr.shape[0] == 1 else arr.transpose(1, 2, 0)).save(path)
+
+
+def save_stamp(stamp: Stamp, path: Path) -> None:
+    """The trigger as an image ``--trigger`` reads back: pattern + mask in the alpha channel."""
+    pattern = stamp.pattern.cpu().numpy()
+    alpha = np.round(stamp.mask.cpu().numpy()[0] * 255).astype(np.uint8)
+    if pattern.shape[0] == 1:
+        Image.fromarray(np.stack([pattern[0], alpha], axis=-1), mode="LA").save(path)
+    else:
+        Image.fromarray(np.concatenate([pattern.transpose(1, 2, 0), alpha[..., None]], axis=-1), mode="RGBA").save(path)
+
+
+def load_test_folder(root: Path, data: ImageDataset) -> ImageDataset:
+    """A test folder with ``data``'s class indices, size and channel count."""
+    classes, entries = list_image_folder(root)
+    unknown = sorted(set(classes) - set(data.classes))
+    if unknown:
+        raise SanitizeError(f"--test {root}: class(es) not in the dataset: {', '.join(unknown)}")
+    images, _, _, notes = decode_images([root / rel for rel, _ in entries], size=data.size,
+                                        grayscale=data.channels == 1)
+    labels = [data.classes.index(classes[label]) for _, label in entries]
+    return ImageDataset(images, torch.tensor(labels, dtype=torch.int64), list(data.classes),
+                        [rel for rel, _ in entries], root, notes)
+
+
+def _check_out(path: Path, inputs: list[Path | None], force: bool, option: str) -> Path:
+    """:func:`check_out_dir` with the messages naming this command's option."""
+    try:
+        return check_out_dir(path, inputs, force)
+    except SanitizeError as exc:
+        raise SanitizeError(str(exc).replace("--out", option, 1)) from None
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _json_params(params: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in params.items() if not isinstance(v, Stamp)}
+
+
+def write_poisoned(data: ImageDataset, poisoned: PoisonedSet, directory: Path) -> list[str]:
+    """Write the poisoned folder into ``directory`` (a staging folder); return each sample's path."""
+    paths = output_paths(data, poisoned)
+    modified = np.zeros(len(data), dtype=bool)
+    modified[poisoned.poison_indices] = True
+    modified[poisoned.cover_indices] = True
+    write_image_subset(data, np.flatnonzero(~modified), directory)
+    images = poisoned.dataset.images
+    for i in np.flatnonzero(modified).tolist():
+        save_png(images[i], directory / paths[i])
+    return paths
+
+
+def write_triggered_test(triggered: ImageDataset, directory: Path) -> list[str]:
+    """The triggered test copy: PNGs under their true class folders (every class folder exists)."""
+    for name in triggered.classes:
+        (directory / name).mkdir(parents=True, exist_ok=True)
+    taken: set[str] = set()
+    written = []
+    for i, rel in enumerate(triggered.paths):
+        path = PurePosixPath(rel)
+        candidate, counter = path.with_suffix(".png").as_posix(), 1
+        while candidate in taken:
+            candidate = path.with_name(f"{path.stem}-{counter}.png").as_posix()
+            counter += 1
+        taken.add(candidate)
+        save_png(triggered.images[i], directory / candidate)
+        written.append(candidate)
+    return written
+
+
+def attack_command(
+    name: Annotated[str, typer.Argument(help=_attack_help(), show_default=False)],
+    clean_dir: Annotated[Path, typer.Argument(help="Clean image folder: one sub-folder per class.")],
+    out_dir: Annotated[Path, typer.Argument(help="New folder for the poisoned set and poison.json.")],
+    rate: Annotated[float | None, typer.Option(help="Poison fraction of the whole set (default: per attack).")
+                    ] = None,
+    target: Annotated[str, typer.Option(help="Target class: folder name or index.")] = "0",
+    seed: Annotated[int, typer.Option(help="Random seed; the same seed gives the same bytes.")] = 0,
+    cover_rate: Annotated[float | None, typer.Option(
+        "--cover-rate", help="Cover fraction (wanet, tact, adap-blend, adap-patch).")] = None,
+    source: Annotated[str | None, typer.Option(help="tact: source class (default 1).")] = None,
+    cover_classes: Annotated[str | None, typer.Option(
+        "--cover-classes", help="tact: comma-separated cover classes (default 5,7).")] = None,
+    trigger: Annotated[Path | None, typer.Option(
+        help="Your own trigger image (badnet, trojan, tact: a patch; blend, adap-blend: resized to the "
+             "images). Its alpha channel, if any, is the mask.")] = None,
+    mask: Annotated[Path | None, typer.Option(help="Grayscale mask for --trigger (255 = trigger).")] = None,
+    test: Annotated[Path | None, typer.Option(help="Clean test folder to make a triggered copy of (for ASR).")
+                    ] = None,
+    test_out: Annotated[Path | None, typer.Option("--test-out", help="New folder for the triggered test copy.")
+                        ] = None,
+    size: Annotated[str | None, typer.Option(help="Resize images to N or HxW pixels.")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace OUT_DIR / --test-out if they exist.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No summary table.")] = False,
+) -> int:
+    """Poison CLEAN_DIR with a backdoor attack into OUT_DIR and record the ground truth in poison.json."""
+    from .cli import parse_size
+
+    name = name.lower()
+    check_options(name, rate, cover_rate, source, cover_classes, trigger, mask, test, test_out, seed)
+    out = _check_out(out_dir, [clean_dir, test], force, "OUT_DIR")
+    test_dest = _check_out(test_out, [clean_dir, test, out], force, "--test-out") if test_out is not None else None
+    data = load_image_folder(clean_dir, size=parse_size(size))
+    target_index = resolve_class(target, data.classes, "--target")
+    stamp = load_trigger(trigger, data.channels, mask) if trigger is not None else None
+    params = attack_params(name, data, rate, cover_rate, source, cover_classes, stamp)
+    poisoned = ATTACKS[name](data, target=target_index, seed=seed, **params)
+    test_set = load_test_folder(Path(test), data) if test is not None else None
+    triggered = apply_trigger_to_test(poisoned, test_set) if test_set is not None else None
+
+    with staged_output(out) as staging:
+        paths = write_poisoned(data, poisoned, staging)
+        trigger_files = []
+        for k, s in enumerate(poisoned.stamps):
+            filename = "trigger.png" if len(poisoned.stamps) == 1 else f"trigger-{k + 1}.png"
+            save_stamp(s, staging / filename)
+            trigger_files.append(filename)
+        test_info = None
+        if triggered is not None and test_dest is not None:
+            test_info = {"input": str(Path(test).resolve()), "output": str(test_dest), "n_images": len(triggered),
+                         "selection": "source class" if poisoned.source is not None else "all but the target class"}
+        record = poison_record(data, poisoned, paths, trigger_files, test_info, trigger)
+        (staging / "poison.json").write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+        if triggered is not None and test_dest is not None:
+            with staged_output(test_dest) as test_staging:
+                written = write_triggered_test(triggered, test_staging)
+                test_record = {"attack": name, "target": target_index, "target_class": data.classes[target_index],
+                               "source": poisoned.source, "seed": seed, "poisoned_set": str(out),
+                               "images": written}
+                (test_staging / "triggered.json").write_text(json.dumps(test_record, indent=1) + "\n",
+                                                             encoding="utf-8")
+    if not quiet:
+        print_attack_summary(record, out, test_dest)
+    return 0
+
+
+def poison_record(data: ImageDataset, poisoned: PoisonedSet, paths: list[str], trigger_files: list[str],
+                  test_info: dict[str, Any] | None, trigger: Path | None) -> dict[str, Any]:
+    """The ground truth written as poison.json (format in docs/attacks.md)."""
+    classes = data.classes
+    params = _json_params(poisoned.params)
+    if trigger is not None:
+        params["trigger_file"] = {"path": str(Path(trigger).resolve()), "sha256": _sha256(Path(trigger))}
+    modified = np.concatenate([poisoned.poison_indices, poisoned.cover_indices]).tolist()
+    return {
+        "schema_version": POISON_SCHEMA_VERSION,
+        "attack": poisoned.attack,
+        "kind": ATTACK_INFO[poisoned.attack].kind,
+        "params": params,
+        "seed": poisoned.seed,
+        "target": poisoned.target,
+        "target_class": classes[poisoned.target],
+        "source": poisoned.source,
+        "source_class": classes[poisoned.source] if poisoned.source is not None else None,
+        "cover_classes": list(poisoned.cover_classes),
+        "cover_class_names": [classes[c] for c in poisoned.cover_classes],
+        "clean_label": poisoned.clean_label,
+        "classes": list(classes),
+        "n_samples": len(data),
+        "n_poison": len(poisoned.poison_indices),
+        "n_cover": len(poisoned.cover_indices),
+        "image_size": list(data.size),
+        "channels": data.channels,
+        "input": str(Path(data.root).resolve()) if data.root is not None else None,
+        "trigger_files": trigger_files,
+        "poison": [paths[i] for i in poisoned.poison_indices.tolist()],
+        "cover": [paths[i] for i in poisoned.cover_indices.tolist()],
+        "origin": {paths[i]: data.paths[i] for i in modified},
+        "test": test_info,
+        "notes": list(data.notes),
+        "versions": library_versions(),
+    }
+
+
+def print_attack_summary(record: dict[str, Any], out: Path, test_out: Path | None) -> None:
+    table = Table(title=f"sanitize attack {record['attack']}", show_header=False)
+    table.add_row("samples", str(record["n_samples"]))
+    table.add_row("poison", f"{record['n_poison']} (rate {record['params'].get('rate')})")
+    if record["n_cover"] or "cover_rate" in record["params"]:
+        table.add_row("cover", f"{record['n_cover']} (labels kept)")
+    table.add_row("target", record["target_class"])
+    if record["source_class"] is not None:
+        table.add_row("source", record["source_class"])
+    table.add_row("output", f"{out} (ground truth: poison.json)")
+    if test_out is not None:
+        table.add_row("triggered test", f"{test_out} ({record['test']['n_images']} images)")
+    for note in record["notes"]:
+        table.add_row("note", note)
+    stdout.print(table)
+
+
+def evaluate_command(
+    report: Annotated[Path, typer.Argument(help="report.json of a detector run (or its output folder).")],
+    truth: Annotated[Path, typer.Option("--truth", help="poison.json from `sanitize attack`, or a JSON/text "
+                                                         "list of poison paths.")],
+    json_out: Annotated[Path | None, typer.Option("--json", help="Also write the metrics to this JSON file.")
+                        ] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No table.")] = False,
+) -> int:
+    """Score a detector report against the ground truth: TPR, FPR, precision, AUROC."""
+    metrics = evaluate_files(report, truth)
+    if json_out is not None:
+        if json_out.is_dir():
+            raise SanitizeError(f"--json {json_out} is a folder; give a file name")
+        try:
+            json_out.write_text(json.dumps(metrics, indent=1) + "\n", encoding="utf-8")
+        except OSError as exc:
+            raise SanitizeError(f"--json {json_out}: cannot write ({exc})") from None
+    if not quiet:
+        table = Table(title=f"sanitize evaluate ({metrics['method'] or 'report'})", show_header=False)
+        table.add_row("samples", f"{metrics['n_samples']} ({metrics['n_poison']} poison, {metrics['n_clean']} clean"
+                      + (f" incl. {metrics['n_cover']} cover" if metrics["n_cover"] else "") + ")")
+        table.add_row("flagged", str(metrics["n_flagged"]))
+        table.add_row("TPR", f"{format_metric(metrics['tpr'])} ({metrics['true_positives']}/{metrics['n_poison']})")
+        table.add_row("FPR", f"{format_metric(metrics['fpr'])} ({metrics['false_positives']}/{metrics['n_clean']})")
+        table.add_row("precision", format_metric(metrics["precision"]))
+        table.add_row("AUROC", format_metric(metrics["auroc"]))
+        if metrics["n_cover"]:
+            table.add_row("covers flagged", str(metrics["cover_flagged"]))
+        stdout.print(table)
+    return 0
