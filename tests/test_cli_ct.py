@@ -1,0 +1,135 @@
+"""`sanitize ct` as CI pipelines use it: exit codes, outputs, untouched input, bad input."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sanitize import examples
+from sanitize.attacks import badnet
+from sanitize.cli import main
+from sanitize.output import write_image_subset
+
+from .conftest import tree_digest
+
+
+def run_cli(*args: str) -> int:
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(a) for a in args])
+    return int(exit_info.value.code)
+
+
+@pytest.fixture(scope="module")
+def digits_folders(tmp_path_factory) -> tuple[Path, Path, set[str]]:
+    """A poisoned digits image folder (5% corner patch), its reserve and the poison paths."""
+    root = tmp_path_factory.mktemp("digits")
+    data, reserve = examples.split_reserve(examples.digits(), 0.25, seed=0)
+    poisoned = badnet(data, 0.05, target=0, seed=0)
+    write_image_subset(poisoned.dataset, range(len(data)), root / "data")
+    write_image_subset(reserve, range(len(reserve)), root / "reserve")
+    truth = {poisoned.dataset.paths[i] for i in poisoned.poison_indices}
+    return root / "data", root / "reserve", truth
+
+
+def test_ct_cli_end_to_end(digits_folders, tmp_path) -> None:
+    data, reserve, truth = digits_folders
+    before = tree_digest(data)
+    out = tmp_path / "cleaned"
+    assert run_cli("ct", data, "--reserve", reserve, "--out", out, "--device", "cpu", "--quiet") == 1
+    assert tree_digest(data) == before  # the input is never modified
+
+    report = json.loads((out / "report.json").read_text())
+    summary = report["summary"]
+    for key in ("method", "n_samples", "n_flagged", "suspected_classes", "seconds", "seed", "device", "versions"):
+        assert key in summary
+    assert summary["method"] == "ct" and summary["suspected_classes"] == ["0"]
+    samples = report["samples"]
+    assert len(samples) == summary["n_samples"] == sum(1 for _ in data.rglob("*.png"))
+    assert set(samples[0]) >= {"path", "label", "score", "flagged"}
+    assert np.isfinite([s["score"] for s in samples]).all()
+    flagged = {s["path"] for s in samples if s["flagged"]}
+    assert len(flagged & truth) / len(truth) >= 0.9
+    assert len(flagged - truth) <= 0.05 * (len(samples) - len(truth))
+
+    with open(out / "flagged.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert {r["path"] for r in rows} == flagged
+    scores = [float(r["score"]) for r in rows]
+    assert scores == sorted(scores, reverse=True)
+
+    kept = {p.relative_to(out).as_posix() for p in out.rglob("*.png")}
+    assert kept == {s["path"] for s in samples} - flagged
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == sorted(p.name for p in data.iterdir())
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".cleaned")]  # no staging leftovers
+
+    # --out exists: refused without --force, nothing touched
+    assert run_cli("ct", data, "--reserve", reserve, "--out", out, "--device", "cpu", "-q") == 2
+    assert (out / "report.json").exists()
+
+
+def test_clean_folder_exits_zero(tmp_path) -> None:
+    data, reserve = examples.split_reserve(examples.digits(), 0.25, seed=1)
+    write_image_subset(data, range(len(data)), tmp_path / "data")
+    write_image_subset(reserve, range(len(reserve)), tmp_path / "reserve")
+    code = run_cli("ct", tmp_path / "data", "--reserve", tmp_path / "reserve", "--out", tmp_path / "out",
+                   "--device", "cpu", "--seed", "1", "-q")
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["summary"]["n_flagged"] <= 0.01 * len(data)
+    assert code == (1 if report["summary"]["n_flagged"] else 0)
+
+
+def bad_input_cases(root: Path, data: Path, reserve: Path) -> dict[str, list[str]]:
+    empty = root / "empty"
+    (empty / "a").mkdir(parents=True)
+    corrupt = root / "corrupt"
+    write_image_subset(examples.digits().subset(range(40)), range(40), corrupt)
+    (corrupt / "3" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really a png")
+    unknown = root / "unknown_reserve"
+    write_image_subset(examples.digits().subset(range(40)), range(40), unknown)
+    (unknown / "cat").mkdir()
+    Path(unknown / "0" / sorted(p.name for p in (unknown / "0").iterdir())[0]).rename(unknown / "cat" / "x.png")
+    out = root / "o"
+    return {
+        "empty folder": ["ct", str(empty), "--reserve", str(reserve), "--out", str(out)],
+        "corrupt image": ["ct", str(corrupt), "--reserve", str(reserve), "--out", str(out)],
+        "reserve with unknown class": ["ct", str(data), "--reserve", str(unknown), "--out", str(out)],
+        "--out inside the input": ["ct", str(data), "--reserve", str(reserve), "--out", str(data / "0" / "o")],
+        "--out contains the input": ["ct", str(data), "--reserve", str(reserve), "--out", str(data.parent),
+                                     "--force"],
+        "missing folder": ["ct", str(root / "nope"), "--reserve", str(reserve), "--out", str(out)],
+        "bad device": ["ct", str(data), "--reserve", str(reserve), "--out", str(out), "--device", "tpu"],
+        "unknown option": ["ct", str(data), "--bogus"],
+    }
+
+
+def test_bad_input_exits_2_with_one_line(digits_folders, tmp_path) -> None:
+    data, reserve, _ = digits_folders
+    cases = bad_input_cases(tmp_path, data, reserve)
+    digests = {p: tree_digest(p) for p in (data, reserve, tmp_path / "corrupt")}
+    for name, args in cases.items():
+        proc = subprocess.run([sys.executable, "-m", "sanitize.cli", *args, "--device", "cpu"]
+                              if "--device" not in args else [sys.executable, "-m", "sanitize.cli", *args],
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 2, (name, proc.stderr)
+        lines = [line for line in proc.stderr.splitlines() if line.strip()]
+        assert len(lines) == 1 and lines[0].startswith("error: "), (name, proc.stderr)
+        assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "o").exists()
+    assert {p: tree_digest(p) for p in digests} == digests
+
+
+def test_error_messages_name_the_problem(digits_folders, tmp_path) -> None:
+    data, reserve, _ = digits_folders
+    cases = bad_input_cases(tmp_path, data, reserve)
+    expected = {"empty folder": "no images found", "corrupt image": "cannot decode image",
+                "reserve with unknown class": "not in the dataset: cat", "--out inside the input": "inside the input"}
+    for name, fragment in expected.items():
+        proc = subprocess.run([sys.executable, "-m", "sanitize.cli", *cases[name]], capture_output=True, text=True,
+                              timeout=120)
+        assert fragment in proc.stderr, (name, proc.stderr)

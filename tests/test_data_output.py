@@ -1,0 +1,94 @@
+"""Image-folder loading (formats, modes, sizes) and the safe, atomic output folder."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from sanitize.data import load_image_folder, load_reserve
+from sanitize.errors import SanitizeError
+from sanitize.output import check_out_dir, staged_output, write_image_subset
+
+
+def save(path: Path, array: np.ndarray, mode: str | None = None) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array, mode).save(path)
+
+
+def test_formats_modes_and_sizes_load(tmp_path) -> None:
+    rng = np.random.default_rng(0)
+    for i, suffix in enumerate(["png", "jpg", "jpeg", "bmp", "ppm", "webp"]):
+        save(tmp_path / "a" / f"{i}.{suffix}", rng.integers(0, 255, (16, 16, 3), dtype=np.uint8))
+    save(tmp_path / "b" / "gray.png", rng.integers(0, 255, (16, 16), dtype=np.uint8))
+    save(tmp_path / "b" / "large.png", rng.integers(0, 255, (40, 30, 3), dtype=np.uint8))
+    (tmp_path / "b" / "notes.txt").write_text("ignored")
+    (tmp_path / "b" / ".hidden.png").write_bytes(b"ignored")
+    data = load_image_folder(tmp_path)
+    assert data.classes == ["a", "b"]
+    assert data.images.shape == (8, 3, 16, 16)
+    assert data.class_counts().tolist() == [6, 2]
+    assert any("resized to the most common" in n for n in data.notes)
+    assert any("converted to RGB" in n for n in data.notes)
+    assert "b/large.png" in data.paths
+    # PNG survives bit-exactly
+    original = np.asarray(Image.open(tmp_path / "a" / "0.png"))
+    assert np.array_equal(data.images[data.paths.index("a/0.png")].permute(1, 2, 0).numpy(), original)
+
+
+def test_grayscale_set_stays_single_channel_and_size_option(tmp_path) -> None:
+    for i in range(4):
+        save(tmp_path / str(i % 2) / f"{i}.png", np.full((10, 10), 60 * i, np.uint8))
+    data = load_image_folder(tmp_path, size=8)
+    assert data.images.shape == (4, 1, 8, 8)
+
+
+def test_reserve_maps_classes_by_name(tmp_path) -> None:
+    for name in ["cat", "dog", "emu"]:
+        save(tmp_path / "data" / name / "x.png", np.zeros((8, 8), np.uint8))
+    save(tmp_path / "reserve" / "emu" / "y.png", np.zeros((12, 12), np.uint8))
+    data = load_image_folder(tmp_path / "data")
+    reserve = load_reserve(tmp_path / "reserve", data)
+    assert reserve.labels.tolist() == [2] and reserve.size == (8, 8)
+    save(tmp_path / "reserve" / "owl" / "z.png", np.zeros((8, 8), np.uint8))
+    with pytest.raises(SanitizeError, match="owl"):
+        load_reserve(tmp_path / "reserve", data)
+
+
+def test_out_dir_rules(tmp_path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    with pytest.raises(SanitizeError, match="inside the input"):
+        check_out_dir(data / "out", [data], force=True)
+    with pytest.raises(SanitizeError, match="contains the input"):
+        check_out_dir(tmp_path, [data], force=True)
+    (tmp_path / "out").mkdir()
+    with pytest.raises(SanitizeError, match="already exists"):
+        check_out_dir(tmp_path / "out", [data], force=False)
+    assert check_out_dir(tmp_path / "out", [data], force=True) == (tmp_path / "out").resolve()
+
+
+def test_staged_output_is_atomic(tmp_path) -> None:
+    out = tmp_path / "out"
+    with pytest.raises(RuntimeError), staged_output(out) as staging:
+        (staging / "half.txt").write_text("partial")
+        raise RuntimeError("interrupted")
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+    out.mkdir()
+    (out / "old.txt").write_text("old")
+    with staged_output(out) as staging:
+        (staging / "new.txt").write_text("new")
+    assert sorted(p.name for p in out.iterdir()) == ["new.txt"]
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def test_cleaned_files_are_hard_links(tmp_path) -> None:
+    save(tmp_path / "data" / "a" / "x.png", np.zeros((8, 8), np.uint8))
+    save(tmp_path / "data" / "b" / "y.png", np.ones((8, 8), np.uint8))
+    data = load_image_folder(tmp_path / "data")
+    write_image_subset(data, [0], tmp_path / "clean")
+    assert (tmp_path / "clean" / "b").is_dir() and not list((tmp_path / "clean" / "b").iterdir())
+    assert os.stat(tmp_path / "clean" / "a" / "x.png").st_ino == os.stat(tmp_path / "data" / "a" / "x.png").st_ino
