@@ -19,7 +19,6 @@ Prints one Markdown table row per attack and, with ``--json``, writes every figu
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import platform
 import sys
@@ -27,6 +26,7 @@ import time
 from pathlib import Path
 
 import torch
+from common import CLASSES, DEFAULT_DATA_DIR, load_module
 
 from sanitize import from_arrays
 from sanitize.attacks import ATTACK_INFO, ATTACKS, PoisonedSet, apply_trigger_to_test
@@ -34,15 +34,6 @@ from sanitize.data import ImageDataset
 from sanitize.devices import resolve_device, seed_everything
 from sanitize.engine import Preprocess, TrainSpec, infer, train_supervised
 from sanitize.models import Classifier, build_model
-
-CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
-
-
-def load_module(data_dir: Path):
-    spec = importlib.util.spec_from_file_location("shared_load", data_dir / "load.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def train(data: ImageDataset, args: argparse.Namespace, device: torch.device) -> tuple[Classifier, Preprocess]:
@@ -67,7 +58,7 @@ def success_rate(model: Classifier, prep: Preprocess, triggered: ImageDataset, t
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data-dir", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data")
+    ap.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
     ap.add_argument("--attacks", nargs="+", default=list(ATTACKS), choices=list(ATTACKS))
     ap.add_argument("--rate", type=float, default=None, help="poison rate for every attack (default: per attack)")
     ap.add_argument("--train", type=int, default=5000, help="first N CIFAR-10 training images")

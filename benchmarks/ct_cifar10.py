@@ -16,30 +16,21 @@ Prints one Markdown table row per run and, with ``--json``, writes every figure.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import sys
 import time
 from pathlib import Path
 
 import torch
+from common import CLASSES, DEFAULT_DATA_DIR, load_module
 
 from sanitize import ct, from_arrays
 from sanitize.attacks import badnet
 
-CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
-
-
-def load_module(data_dir: Path):
-    spec = importlib.util.spec_from_file_location("shared_load", data_dir / "load.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data-dir", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data")
+    ap.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
     ap.add_argument("--train-parts", type=int, nargs="*", default=None, help="CIFAR parts (10,000 each)")
     ap.add_argument("--limit", type=int, default=None, help="first N training images")
     ap.add_argument("--reserve", type=int, default=2000)

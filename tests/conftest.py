@@ -25,3 +25,15 @@ def tree_digest(root: Path) -> str:
         h.update(path.relative_to(root).as_posix().encode())
         h.update(path.read_bytes())
     return h.hexdigest()
+
+
+def shared_loader():
+    """The offline data's own ``load.py`` as a module; skips the test when the data is absent."""
+    import importlib.util
+
+    if not (SHARED_DATA / "load.py").exists() or not (SHARED_DATA / "cifar10").is_dir():
+        pytest.skip("no offline CIFAR-10 data beside the repo")
+    spec = importlib.util.spec_from_file_location("shared_load", SHARED_DATA / "load.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import math
 from pathlib import Path
@@ -38,7 +37,8 @@ from sanitize.data import ImageDataset
 from sanitize.errors import SanitizeError
 from sanitize.output import write_image_subset
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+from .conftest import shared_loader
+
 RATE = 0.05
 DIRTY = ["badnet", "blend", "trojan", "wanet", "tact", "adap-blend", "adap-patch"]
 
@@ -61,11 +61,7 @@ def rgb16(digits: ImageDataset) -> ImageDataset:
 @pytest.fixture(scope="module")
 def cifar() -> ImageDataset:
     """1,000 CIFAR-10 test images from the offline copy beside the repo (skipped if absent)."""
-    if not (SHARED_DATA / "load.py").exists():
-        pytest.skip("no offline CIFAR-10 data beside the repo")
-    spec = importlib.util.spec_from_file_location("shared_load", SHARED_DATA / "load.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = shared_loader()
     x, y = module.load("cifar10", "test", [0])
     return from_arrays(x[:1000], y[:1000], module.CLASSES["cifar10"])
 

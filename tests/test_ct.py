@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
-
 import numpy as np
 import pytest
 import torch
@@ -22,7 +20,7 @@ from sanitize.detectors.ct import (
 )
 from sanitize.errors import SanitizeError
 
-from .conftest import SHARED_DATA
+from .conftest import shared_loader
 
 
 def rates(flagged: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
@@ -154,11 +152,7 @@ def test_reserve_must_match_dataset() -> None:
 
 
 def load_cifar(n_train: int, n_reserve: int):
-    if not (SHARED_DATA / "cifar10").is_dir():
-        pytest.skip("CIFAR-10 not available under ../shared/data")
-    spec = importlib.util.spec_from_file_location("shared_load", SHARED_DATA / "load.py")
-    loader = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(loader)
+    loader = shared_loader()
     x, y = loader.load("cifar10", "train", [0])
     xt, yt = loader.load("cifar10", "test", [0])
     names = [str(c) for c in range(10)]
