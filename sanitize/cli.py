@@ -23,7 +23,7 @@ from .data import ImageDataset, load_image_folder, load_reserve
 from .errors import SanitizeError
 from .output import check_out_dir, staged_output, write_image_subset
 from .progress import Progress, RichProgress, Silent
-from .report import build_report, write_report
+from .report import build_report, read_report, write_report
 from .result import DetectionResult
 
 EXIT_CLEAN, EXIT_FLAGGED, EXIT_BAD_INPUT = 0, 1, 2
@@ -156,9 +156,7 @@ def demo_command(
 
     run_detector(detect, root / "data", root / "reserve", root / "cleaned", False, None, quiet)
     truth = set(poisoned.dataset.paths[i] for i in poisoned.poison_indices)
-    import json
-
-    report = json.loads((root / "cleaned" / "report.json").read_text())
+    report = read_report(root / "cleaned" / "report.json")
     flagged = {s["path"] for s in report["samples"] if s["flagged"]}
     n_clean = len(report["samples"]) - len(truth)
     tpr = len(flagged & truth) / max(1, len(truth))

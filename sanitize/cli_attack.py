@@ -23,7 +23,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .attacks import ATTACK_INFO, ATTACKS, PoisonedSet, Stamp, apply_trigger_to_test, load_trigger
-from .data import ImageDataset, decode_images, list_image_folder, load_image_folder
+from .data import ImageDataset, load_image_folder, load_like
 from .errors import SanitizeError
 from .evaluate import evaluate_files, format_metric
 from .output import check_out_dir, staged_output, write_image_subset
@@ -155,15 +155,7 @@ def save_stamp(stamp: Stamp, path: Path) -> None:
 
 def load_test_folder(root: Path, data: ImageDataset) -> ImageDataset:
     """A test folder with ``data``'s class indices, size and channel count."""
-    classes, entries = list_image_folder(root)
-    unknown = sorted(set(classes) - set(data.classes))
-    if unknown:
-        raise SanitizeError(f"--test {root}: class(es) not in the dataset: {', '.join(unknown)}")
-    images, _, _, notes = decode_images([root / rel for rel, _ in entries], size=data.size,
-                                        grayscale=data.channels == 1)
-    labels = [data.classes.index(classes[label]) for _, label in entries]
-    return ImageDataset(images, torch.tensor(labels, dtype=torch.int64), list(data.classes),
-                        [rel for rel, _ in entries], root, notes)
+    return load_like(root, data, "--test")
 
 
 def _check_out(path: Path, inputs: list[Path | None], force: bool, option: str) -> Path:

@@ -205,24 +205,28 @@ def load_image_folder(root: str | Path, *, size: tuple[int, int] | int | None = 
     return dataset.to(device)
 
 
-def load_reserve(root: str | Path, data: ImageDataset) -> ImageDataset:
-    """Load the trusted reserve with ``data``'s class indices, size and channel count.
+def load_like(root: str | Path, data: ImageDataset, what: str) -> ImageDataset:
+    """Load another folder (reserve, test set) with ``data``'s class indices, size and channels.
 
-    A reserve may cover only some of the classes; a class the data does not have is an error,
-    because it means the two folders do not describe the same task.
+    It may cover only some of the classes; a class the data does not have is an error, because
+    it means the two folders do not describe the same task. ``what`` names the folder in errors.
     """
     root = Path(root)
     classes, entries = list_image_folder(root)
     unknown = sorted(set(classes) - set(data.classes))
     if unknown:
-        raise SanitizeError(f"reserve {root}: class(es) not in the dataset: {', '.join(unknown)}")
+        raise SanitizeError(f"{what} {root}: class(es) not in the dataset: {', '.join(unknown)}")
     images, _, _, notes = decode_images([root / rel for rel, _ in entries], size=data.size,
                                         grayscale=data.channels == 1)
     mapping = [data.classes.index(c) for c in classes]
     labels = torch.tensor([mapping[label] for _, label in entries], dtype=torch.int64)
-    reserve = ImageDataset(images, labels, list(data.classes), [rel for rel, _ in entries], root,
-                           notes)
-    return reserve.to(data.device)
+    loaded = ImageDataset(images, labels, list(data.classes), [rel for rel, _ in entries], root, notes)
+    return loaded.to(data.device)
+
+
+def load_reserve(root: str | Path, data: ImageDataset) -> ImageDataset:
+    """The trusted reserve, aligned with ``data`` (see :func:`load_like`)."""
+    return load_like(root, data, "reserve")
 
 
 def check_reserve(reserve: ImageDataset, data: ImageDataset) -> None:
