@@ -1,17 +1,20 @@
 """The ``sanitize`` command line: a thin layer over the Python API.
 
 Exit codes (CI pipelines gate on them):
-  0  finished, nothing flagged
-  1  finished, poison flagged
+  0  finished and the gate passed (by default: nothing flagged)
+  1  finished and the gate failed (by default: poison flagged; see --max-flagged-fraction and
+     --fail-on-detect)
   2  bad usage or bad input (one line on stderr, no traceback; nothing written)
 """
 
 from __future__ import annotations
 
+import json
 import sys
 import tempfile
 from collections.abc import Callable
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
@@ -45,6 +48,12 @@ SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed; the same seed
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or summary table.")]
 SizeOpt = Annotated[str | None, typer.Option(
     "--size", help="Resize images to N or HxW pixels (default: the most common size).")]
+JsonOnlyOpt = Annotated[bool, typer.Option(
+    "--json-only", help="Print only the report summary as one JSON document on stdout (implies --quiet).")]
+MaxFlaggedOpt = Annotated[float, typer.Option(
+    "--max-flagged-fraction", help="Exit 1 only when more than this fraction is flagged (0: any flag).")]
+FailOnDetectOpt = Annotated[bool, typer.Option(
+    "--fail-on-detect", help="Exit 1 whenever a target class is suspected, whatever the flagged fraction.")]
 
 
 def parse_size(size: str | None) -> tuple[int, int] | None:
@@ -59,22 +68,61 @@ def parse_size(size: str | None) -> tuple[int, int] | None:
     return (parts[0], parts[-1])
 
 
-def run_detector(detect: Detect, data_dir: Path, reserve_dir: Path, out: Path, force: bool,
-                 size: str | None, quiet: bool) -> int:
+@dataclass
+class RunOptions:
+    """Options every detector command shares: where to write, how to talk, when to fail the gate."""
+
+    out: Path
+    force: bool = False
+    size: str | None = None
+    quiet: bool = False
+    json_only: bool = False
+    max_flagged_fraction: float = 0.0
+    fail_on_detect: bool = False
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.max_flagged_fraction <= 1.0:
+            raise SanitizeError(f"--max-flagged-fraction {self.max_flagged_fraction}: expected a value in [0, 1]")
+
+
+def gate(summary: dict, max_flagged_fraction: float = 0.0, fail_on_detect: bool = False) -> dict:
+    """The CI verdict: fail when more than ``max_flagged_fraction`` of the samples is flagged
+    (0, the default, fails on any flag), or, with ``fail_on_detect``, whenever a target class is
+    suspected even if few samples were flagged."""
+    over = summary["n_flagged"] > 0 if max_flagged_fraction == 0 else (
+        summary["flagged_fraction"] > max_flagged_fraction)
+    detected = fail_on_detect and bool(summary["suspected_classes"])
+    reasons = []
+    if over:
+        reasons.append(f"flagged fraction {summary['flagged_fraction']:.4f} > {max_flagged_fraction}")
+    if detected:
+        reasons.append(f"suspected classes: {', '.join(summary['suspected_classes'])}")
+    passed = not reasons
+    return {"passed": passed, "exit_code": EXIT_CLEAN if passed else EXIT_FLAGGED,
+            "max_flagged_fraction": max_flagged_fraction, "fail_on_detect": fail_on_detect,
+            "reasons": reasons}
+
+
+def run_detector(detect: Detect, data_dir: Path, reserve_dir: Path, opts: RunOptions) -> int:
     """load -> detect -> decide -> write, shared by every detector command."""
-    out = check_out_dir(out, [data_dir, reserve_dir], force)
-    data = load_image_folder(data_dir, size=parse_size(size))
+    out = check_out_dir(opts.out, [data_dir, reserve_dir], opts.force)
+    data = load_image_folder(data_dir, size=parse_size(opts.size))
     reserve = load_reserve(reserve_dir, data)
+    quiet = opts.quiet or opts.json_only
     bars = RichProgress() if not quiet else nullcontext(Silent())
     with bars as progress:
         result = detect(data, reserve, progress)
     report = build_report(data, result)
+    verdict = gate(report["summary"], opts.max_flagged_fraction, opts.fail_on_detect)
+    report["summary"]["gate"] = verdict
     with staged_output(out) as staging:
         write_image_subset(data, result.kept_indices, staging)
         write_report(report, staging)
-    if not quiet:
+    if opts.json_only:
+        print(json.dumps({"summary": report["summary"], "out": str(out)}))
+    elif not quiet:
         print_summary(report, out)
-    return EXIT_FLAGGED if result.n_flagged else EXIT_CLEAN
+    return verdict["exit_code"]
 
 
 def print_summary(report: dict, out: Path) -> None:
@@ -89,6 +137,9 @@ def print_summary(report: dict, out: Path) -> None:
         table.add_row("settings", ", ".join(f"{k}={settings[k]}" for k in ("schedule", "arch") if k in settings))
     for note in summary["notes"]:
         table.add_row("note", note)
+    gate_result = summary.get("gate")
+    if gate_result:
+        table.add_row("gate", "passed" if gate_result["passed"] else "failed: " + "; ".join(gate_result["reasons"]))
     table.add_row("output", str(out))
     stdout.print(table)
 
@@ -107,6 +158,9 @@ def ct_command(
     size: SizeOpt = None,
     force: ForceOpt = False,
     quiet: QuietOpt = False,
+    json_only: JsonOnlyOpt = False,
+    max_flagged_fraction: MaxFlaggedOpt = 0.0,
+    fail_on_detect: FailOnDetectOpt = False,
 ) -> int:
     """Confusion Training (Qi et al., USENIX Security 2023): flag poison samples in DATA."""
     from .detectors.ct import ConfusionTraining, get_schedule
@@ -121,7 +175,8 @@ def ct_command(
     def detect(d: ImageDataset, r: ImageDataset, progress: Progress) -> DetectionResult:
         return ConfusionTraining(schedule, arch, device, seed, progress).detect(d, r)
 
-    return run_detector(detect, data, reserve, out, force, size, quiet)
+    return run_detector(detect, data, reserve, RunOptions(out, force, size, quiet, json_only, max_flagged_fraction,
+                                                          fail_on_detect))
 
 
 @app.command("demo")
@@ -154,7 +209,7 @@ def demo_command(
     def detect(d: ImageDataset, r: ImageDataset, progress: Progress) -> DetectionResult:
         return ConfusionTraining("fast", "auto", device, seed, progress).detect(d, r)
 
-    run_detector(detect, root / "data", root / "reserve", root / "cleaned", False, None, quiet)
+    run_detector(detect, root / "data", root / "reserve", RunOptions(root / "cleaned", quiet=quiet))
     truth = set(poisoned.dataset.paths[i] for i in poisoned.poison_indices)
     report = read_report(root / "cleaned" / "report.json")
     flagged = {s["path"] for s in report["samples"] if s["flagged"]}
@@ -167,11 +222,16 @@ def demo_command(
     return EXIT_CLEAN
 
 
+# Each module defines ``register(app)``; a module that is not there (yet) is skipped.
+COMMAND_MODULES = ("sanitize.cli_attack", "sanitize.cli_asset", "sanitize.cli_scan", "sanitize.cli_bench",
+                   "sanitize.cli_features")
+
+
 def _register_subcommands() -> None:
     """Attach command groups that live in their own modules (attack, evaluate, ...)."""
     from importlib import import_module
 
-    for module in ("sanitize.cli_attack",):
+    for module in COMMAND_MODULES:
         try:
             import_module(module).register(app)
         except ModuleNotFoundError as exc:

@@ -9,6 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from sanitize import examples
+from sanitize.attacks import badnet
+from sanitize.cli import main
+from sanitize.output import write_image_subset
+
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
@@ -37,3 +42,48 @@ def shared_loader():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def run_cli(*args: str) -> int:
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(a) for a in args])
+    return int(exit_info.value.code)
+
+
+@pytest.fixture(scope="session")
+def digits_folders(tmp_path_factory) -> tuple[Path, Path, set[str]]:
+    """A poisoned digits image folder (5% corner patch), its reserve and the poison paths."""
+    root = tmp_path_factory.mktemp("digits")
+    data, reserve = examples.split_reserve(examples.digits(), 0.25, seed=0)
+    poisoned = badnet(data, 0.05, target=0, seed=0)
+    write_image_subset(poisoned.dataset, range(len(data)), root / "data")
+    write_image_subset(reserve, range(len(reserve)), root / "reserve")
+    truth = {poisoned.dataset.paths[i] for i in poisoned.poison_indices}
+    return root / "data", root / "reserve", truth
+
+
+def bad_input_cases(command: str, root: Path, data: Path, reserve: Path) -> dict[str, list[str]]:
+    """The bad inputs every detector command must refuse with exit 2 and one line."""
+    empty = root / "empty"
+    (empty / "a").mkdir(parents=True)
+    corrupt = root / "corrupt"
+    write_image_subset(examples.digits().subset(range(40)), range(40), corrupt)
+    (corrupt / "3" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really a png")
+    unknown = root / "unknown_reserve"
+    write_image_subset(examples.digits().subset(range(40)), range(40), unknown)
+    (unknown / "cat").mkdir()
+    Path(unknown / "0" / sorted(p.name for p in (unknown / "0").iterdir())[0]).rename(unknown / "cat" / "x.png")
+    out = root / "o"
+    return {
+        "empty folder": [command, str(empty), "--reserve", str(reserve), "--out", str(out)],
+        "corrupt image": [command, str(corrupt), "--reserve", str(reserve), "--out", str(out)],
+        "reserve with unknown class": [command, str(data), "--reserve", str(unknown), "--out", str(out)],
+        "--out inside the input": [command, str(data), "--reserve", str(reserve), "--out", str(data / "0" / "o")],
+        "--out contains the input": [command, str(data), "--reserve", str(reserve), "--out", str(data.parent),
+                                     "--force"],
+        "missing folder": [command, str(root / "nope"), "--reserve", str(reserve), "--out", str(out)],
+        "bad device": [command, str(data), "--reserve", str(reserve), "--out", str(out), "--device", "tpu"],
+        "unknown option": [command, str(data), "--bogus"],
+    }
+
+

@@ -6,35 +6,13 @@ import csv
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
-import pytest
 
 from sanitize import examples
-from sanitize.attacks import badnet
-from sanitize.cli import main
 from sanitize.output import write_image_subset
 
-from .conftest import tree_digest
-
-
-def run_cli(*args: str) -> int:
-    with pytest.raises(SystemExit) as exit_info:
-        main([str(a) for a in args])
-    return int(exit_info.value.code)
-
-
-@pytest.fixture(scope="module")
-def digits_folders(tmp_path_factory) -> tuple[Path, Path, set[str]]:
-    """A poisoned digits image folder (5% corner patch), its reserve and the poison paths."""
-    root = tmp_path_factory.mktemp("digits")
-    data, reserve = examples.split_reserve(examples.digits(), 0.25, seed=0)
-    poisoned = badnet(data, 0.05, target=0, seed=0)
-    write_image_subset(poisoned.dataset, range(len(data)), root / "data")
-    write_image_subset(reserve, range(len(reserve)), root / "reserve")
-    truth = {poisoned.dataset.paths[i] for i in poisoned.poison_indices}
-    return root / "data", root / "reserve", truth
+from .conftest import bad_input_cases, run_cli, tree_digest
 
 
 def test_ct_cli_end_to_end(digits_folders, tmp_path) -> None:
@@ -86,33 +64,9 @@ def test_clean_folder_exits_zero(tmp_path) -> None:
     assert code == (1 if report["summary"]["n_flagged"] else 0)
 
 
-def bad_input_cases(root: Path, data: Path, reserve: Path) -> dict[str, list[str]]:
-    empty = root / "empty"
-    (empty / "a").mkdir(parents=True)
-    corrupt = root / "corrupt"
-    write_image_subset(examples.digits().subset(range(40)), range(40), corrupt)
-    (corrupt / "3" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really a png")
-    unknown = root / "unknown_reserve"
-    write_image_subset(examples.digits().subset(range(40)), range(40), unknown)
-    (unknown / "cat").mkdir()
-    Path(unknown / "0" / sorted(p.name for p in (unknown / "0").iterdir())[0]).rename(unknown / "cat" / "x.png")
-    out = root / "o"
-    return {
-        "empty folder": ["ct", str(empty), "--reserve", str(reserve), "--out", str(out)],
-        "corrupt image": ["ct", str(corrupt), "--reserve", str(reserve), "--out", str(out)],
-        "reserve with unknown class": ["ct", str(data), "--reserve", str(unknown), "--out", str(out)],
-        "--out inside the input": ["ct", str(data), "--reserve", str(reserve), "--out", str(data / "0" / "o")],
-        "--out contains the input": ["ct", str(data), "--reserve", str(reserve), "--out", str(data.parent),
-                                     "--force"],
-        "missing folder": ["ct", str(root / "nope"), "--reserve", str(reserve), "--out", str(out)],
-        "bad device": ["ct", str(data), "--reserve", str(reserve), "--out", str(out), "--device", "tpu"],
-        "unknown option": ["ct", str(data), "--bogus"],
-    }
-
-
 def test_bad_input_exits_2_with_one_line(digits_folders, tmp_path) -> None:
     data, reserve, _ = digits_folders
-    cases = bad_input_cases(tmp_path, data, reserve)
+    cases = bad_input_cases("ct", tmp_path, data, reserve)
     digests = {p: tree_digest(p) for p in (data, reserve, tmp_path / "corrupt")}
     for name, args in cases.items():
         proc = subprocess.run([sys.executable, "-m", "sanitize.cli", *args, "--device", "cpu"]
@@ -128,7 +82,7 @@ def test_bad_input_exits_2_with_one_line(digits_folders, tmp_path) -> None:
 
 def test_error_messages_name_the_problem(digits_folders, tmp_path) -> None:
     data, reserve, _ = digits_folders
-    cases = bad_input_cases(tmp_path, data, reserve)
+    cases = bad_input_cases("ct", tmp_path, data, reserve)
     expected = {"empty folder": "no images found", "corrupt image": "cannot decode image",
                 "reserve with unknown class": "not in the dataset: cat", "--out inside the input": "inside the input"}
     for name, fragment in expected.items():
