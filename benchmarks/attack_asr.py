@@ -41,7 +41,7 @@ def train(data: ImageDataset, args: argparse.Namespace, device: torch.device) ->
     model = build_model(args.arch, data.num_classes, data.channels, data.size[0]).to(device)
     prep = Preprocess.fit(data.images)
     spec = TrainSpec(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, momentum=0.9,
-                     weight_decay=5e-4, augment=True, lr_schedule="onecycle", nesterov=True)
+                     weight_decay=5e-4, augment=not args.no_augment, lr_schedule="onecycle", nesterov=True)
     train_supervised(model, data.images, data.labels, spec, prep, generator)
     return model, prep
 
@@ -67,6 +67,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--lr", type=float, default=0.05)
     ap.add_argument("--arch", default="small_cnn")
+    ap.add_argument("--no-augment", action="store_true", help="train without flip + crop")
     ap.add_argument("--target", type=int, default=0)
     ap.add_argument("--baseline", action="store_true", help="also train on the clean set")
     ap.add_argument("--device", default="cpu")
@@ -87,7 +88,8 @@ def main() -> None:
     train_set = from_arrays(x[: args.train], y[: args.train], CLASSES)
     test_set = from_arrays(xt[: args.test], yt[: args.test], CLASSES)
     where = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    print(f"{len(train_set)} train / {len(test_set)} test images; {args.arch}, {args.epochs} epochs; {where}",
+    print(f"{len(train_set)} train / {len(test_set)} test images; {args.arch}, {args.epochs} epochs, "
+          f"{'no augmentation' if args.no_augment else 'flip + crop'}; {where}",
           flush=True)
 
     rows = []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from pathlib import Path
 
@@ -10,7 +11,6 @@ import pytest
 import torch
 
 from sanitize import examples
-from sanitize.attacks import badnet
 from sanitize.cli import main
 from sanitize.output import write_image_subset
 
@@ -52,13 +52,19 @@ def run_cli(*args: str) -> int:
 
 @pytest.fixture(scope="session")
 def digits_folders(tmp_path_factory) -> tuple[Path, Path, set[str]]:
-    """A poisoned digits image folder (5% corner patch), its reserve and the poison paths."""
+    """A poisoned digits image folder (5% corner patch), its reserve and the poison paths.
+
+    Made the way a user makes one: a clean folder poisoned by ``sanitize attack badnet``, whose
+    ``poison.json`` (in the data folder, beside ``trigger.png``; loaders read class sub-folders
+    only) is the ground truth.
+    """
     root = tmp_path_factory.mktemp("digits")
     data, reserve = examples.split_reserve(examples.digits(), 0.25, seed=0)
-    poisoned = badnet(data, 0.05, target=0, seed=0)
-    write_image_subset(poisoned.dataset, range(len(data)), root / "data")
+    write_image_subset(data, range(len(data)), root / "clean")
     write_image_subset(reserve, range(len(reserve)), root / "reserve")
-    truth = {poisoned.dataset.paths[i] for i in poisoned.poison_indices}
+    assert run_cli("attack", "badnet", root / "clean", root / "data", "--rate", "0.05", "--target", "0",
+                   "--seed", "0", "--quiet") == 0
+    truth = set(json.loads((root / "data" / "poison.json").read_text())["poison"])
     return root / "data", root / "reserve", truth
 
 

@@ -29,13 +29,19 @@ def test_ct_cli_end_to_end(digits_folders, tmp_path) -> None:
     assert summary["method"] == "ct"
     assert code == (1 if summary["n_flagged"] else 0)
     samples = report["samples"]
-    assert len(samples) == summary["n_samples"] == sum(1 for _ in data.rglob("*.png"))
+    assert len(samples) == summary["n_samples"] == sum(1 for _ in data.glob("*/*.png"))
     assert set(samples[0]) >= {"path", "label", "score", "flagged"}
     assert np.isfinite([s["score"] for s in samples]).all()
     flagged = {s["path"] for s in samples if s["flagged"]}
     assert len(flagged & truth) >= 0.9 * len(truth)  # the TPR / FPR bounds, through the CLI
     assert len(flagged - truth) <= 0.05 * (len(samples) - len(truth))
     assert code == 1 and summary["suspected_classes"] == ["0"]
+
+    # the user's self-test: attack -> ct -> evaluate (the fixture made `data` with `sanitize attack`)
+    assert run_cli("evaluate", out / "report.json", "--truth", data / "poison.json", "--json",
+                   tmp_path / "metrics.json", "-q") == 0
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["tpr"] >= 0.9 and metrics["fpr"] <= 0.05 and metrics["n_poison"] == len(truth)
 
     with open(out / "flagged.csv") as f:
         rows = list(csv.DictReader(f))
@@ -45,7 +51,7 @@ def test_ct_cli_end_to_end(digits_folders, tmp_path) -> None:
 
     kept = {p.relative_to(out).as_posix() for p in out.rglob("*.png")}
     assert kept == {s["path"] for s in samples} - flagged
-    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == sorted(p.name for p in data.iterdir())
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == sorted(p.name for p in data.iterdir() if p.is_dir())
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".cleaned")]  # no staging leftovers
 
     # --out exists: refused without --force, nothing touched
