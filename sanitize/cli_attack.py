@@ -198,11 +198,30 @@ def attack_command(
     size: Annotated[str | None, typer.Option(help="Resize images to N or HxW pixels.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace OUT_DIR / --test-out if they exist.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No summary table.")] = False,
+    constrained: Annotated[bool, typer.Option(
+        "--constrained", help="ember-explanation: only the 17 features a real PE file can change.")] = False,
+    trigger_size: Annotated[int | None, typer.Option(
+        "--trigger-size", help="ember-explanation: trigger features (default 17 constrained, 32 otherwise).")
+                            ] = None,
+    fmt: Annotated[str, typer.Option("--format", help="ember-explanation input: auto, ember, npz or jsonl.")
+                   ] = "auto",
 ) -> int:
     """Poison CLEAN_DIR with a backdoor attack into OUT_DIR and record the ground truth in poison.json."""
     from .cli import parse_size
 
     name = name.lower()
+    if name in ATTACK_INFO and ATTACK_INFO[name].data == "features":
+        from .cli_features import feature_attack
+
+        image_only = {"--cover-rate": cover_rate, "--source": source, "--cover-classes": cover_classes,
+                      "--trigger": trigger, "--mask": mask, "--test": test, "--test-out": test_out, "--size": size}
+        given = [option for option, value in image_only.items() if value is not None]
+        if given:
+            raise SanitizeError(f"{name} works on feature rows; {', '.join(given)} appl(ies) to image attacks only")
+        return feature_attack(name, clean_dir, out_dir, rate, target, seed, constrained, trigger_size, fmt,
+                              force, quiet)
+    if constrained or trigger_size is not None or fmt != "auto":
+        raise SanitizeError(f"--constrained, --trigger-size and --format apply to feature attacks, not {name}")
     check_options(name, rate, cover_rate, source, cover_classes, trigger, mask, test, test_out, seed)
     out = _check_out(out_dir, [clean_dir, test], force, "OUT_DIR")
     test_dest = _check_out(test_out, [clean_dir, test, out], force, "--test-out") if test_out is not None else None

@@ -122,7 +122,8 @@ def raw_record(rng: np.random.Generator, label: int, index: int) -> dict[str, An
         dirs.append({"name": name, "size": int(rng.integers(8, 40000)) if present else 0,
                      "virtual_address": int(rng.integers(4096, 2_000_000)) if present else 0})
     return {
-        "sha256": f"{index:064x}", "appeared": "2018-01", "label": int(label), "avclass": "synthetic" if malicious else "",
+        "sha256": f"{index:064x}", "appeared": "2018-01", "label": int(label),
+        "avclass": "synthetic" if malicious else "",
         "histogram": _histogram(rng, size, packed), "byteentropy": _byteentropy(rng, size, packed),
         "strings": _strings(rng, size, malicious),
         "general": {"size": size, "vsize": int(size * rng.uniform(1.0, 2.5)),
@@ -138,7 +139,8 @@ def raw_record(rng: np.random.Generator, label: int, index: int) -> dict[str, An
                                 "dll_characteristics": [f for f in DLL_FLAGS if rng.random() < (0.3 if malicious
                                                                                                 else 0.6)],
                                 "magic": "PE32_PLUS" if is64 else "PE32",
-                                "major_image_version": int(rng.integers(0, 3)), "minor_image_version": int(rng.integers(0, 2)),
+                                "major_image_version": int(rng.integers(0, 3)),
+                                "minor_image_version": int(rng.integers(0, 2)),
                                 "major_linker_version": int(rng.choice([6, 8, 9, 10, 11, 14])),
                                 "minor_linker_version": int(rng.integers(0, 30)),
                                 "major_operating_system_version": int(rng.choice([4, 5, 6])),

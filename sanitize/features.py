@@ -276,7 +276,7 @@ def read_ember_dat(path: Path) -> FeatureDataset:
             raise SanitizeError(f"{x_path}: holds {whole[0]} floats but {y_path.name} has {n} labels "
                                 f"(label file length mismatch)")
         raise SanitizeError(f"{x_path}: {x_bytes} bytes is not {n} rows of 2351 or 2381 float32 values "
-                            f"(truncated or not an EMBER feature file)")
+                            f"(wrong feature count, truncated, or not an EMBER feature file)")
     dim = dims[0]
     labels, classes = _labels_from(np.fromfile(y_path, dtype=np.float32), str(y_path))
     X = torch.from_numpy(np.memmap(x_path, dtype=np.float32, mode="c", shape=(n, dim)))

@@ -19,6 +19,7 @@ from .base import (
     load_trigger,
 )
 from .blend import adap_blend, blend
+from .ember_explanation import ember_explanation
 from .patch import adap_patch, badnet, trojan
 from .sig import sig
 from .tact import tact
@@ -35,6 +36,7 @@ ATTACKS: dict[str, Attack] = {
     "tact": tact,
     "adap-blend": adap_blend,
     "adap-patch": adap_patch,
+    "ember-explanation": ember_explanation,
 }
 
 ATTACK_INFO: dict[str, AttackInfo] = {
@@ -55,9 +57,11 @@ ATTACK_INFO: dict[str, AttackInfo] = {
                    summary="half-masked 15 % blend on poison and covers; full 20 % at test"),
         AttackInfo("adap-patch", "adaptive", 0.003, 0.006,
                    summary="four partial-opacity patches on poison and covers; all four at test"),
+        AttackInfo("ember-explanation", "clean label (features)", 0.01, data="features",
+                   summary="explanation-guided trigger on benign EMBER rows, labels kept"),
     )
 }
 
 __all__ = ["ATTACKS", "ATTACK_INFO", "Attack", "AttackInfo", "PoisonedSet", "Stamp", "adap_blend", "adap_patch",
            "apply_trigger_to_test", "badnet", "blend", "choose_cover_indices", "choose_poison_indices",
-           "load_trigger", "sig", "tact", "trojan", "wanet"]
+           "ember_explanation", "load_trigger", "sig", "tact", "trojan", "wanet"]
