@@ -11,12 +11,12 @@ and distillation keeps the 1/5, 1/20, 1/40, 1/80 lowest-loss rows for the next r
 **The cut.** The reference removes the lowest-loss 4 % of rows whatever the data. Here a fifth
 of the reserve is held out as *canaries*: clean rows that join the distilled rows, under their
 true labels, in the last round's training. They are fitted exactly as clean rows that slipped
-through distillation are, so their losses after confusion show how well a clean *trained* row
-can be fitted by chance. A row is a candidate when its loss is below the ``alpha`` quantile of
-its class's canary losses, and a class is suspected only when it has significantly more
-candidates than that rate predicts (a one-sided binomial test); only suspected classes lose
-their candidates. A clean set flags nothing, a 1 % attack flags about 1 %, and a 10 % attack is
-not cut off at 4 %. The rule and its measured effect are in ``docs/ember.md``.
+through distillation are, so their lowest loss after confusion bounds how well a clean trained
+row is fitted by chance. Rows fitted better than every canary of their class are candidates,
+and a class is suspected only when it has more candidates than clean rows could produce
+(a binomial tail at an upper bound of the canaries' pass rate, see :func:`data_driven_cut`);
+only suspected classes lose their candidates. A clean set flags nothing, a 1 % attack flags
+about 1 %, and a 10 % attack is not cut off at 4 %. The rule and its measured effect are in ``docs/ember.md``.
 
 Two schedules: ``reference`` (the paper's epochs, 6000/4000 confusion steps at batch 64) and
 ``fast`` (default): the same rounds with confusion steps set by passes over the reserve and
@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
-from scipy.stats import binom
+from scipy.stats import beta, binom
 from torch import nn
 from torch.nn import functional as F
 
@@ -108,8 +108,8 @@ FAST = FeatureCTSchedule(
 
 SCHEDULES = {s.name: s for s in (FAST, REFERENCE)}
 REFERENCE_BUDGET = 1 / 25  # the reference flags this fraction, always
-ALPHA = 0.01  # canary-loss quantile of the per-class threshold
-SIGNIFICANCE = 1e-3  # binomial test: a class is suspected when this unlikely under the clean rate
+SIGNIFICANCE = 1e-3  # a class is suspected when its candidate count is this unlikely for clean rows
+RATE_CONFIDENCE = 0.9  # the clean pass rate is taken at this upper confidence bound
 
 
 def get_feature_schedule(name: str) -> FeatureCTSchedule:
@@ -233,38 +233,40 @@ def confusion_train(model: Classifier, inspect: list[tuple[torch.Tensor, torch.T
         advance()
 
 
-def data_driven_cut(losses: np.ndarray, labels: np.ndarray, held_losses: np.ndarray, held_labels: np.ndarray,
-                    num_classes: int, alpha: float = ALPHA, significance: float = SIGNIFICANCE
-                    ) -> tuple[np.ndarray, list[int], list[dict]]:
+def data_driven_cut(losses: np.ndarray, labels: np.ndarray, canary_losses: np.ndarray, canary_labels: np.ndarray,
+                    num_classes: int, significance: float = SIGNIFICANCE) -> tuple[np.ndarray, list[int], list[dict]]:
     """Flags, suspected classes and per-class evidence from the last confused model's losses.
 
-    Per class c: threshold t_c = the ``alpha`` quantile of the canary losses of class c (clean
-    reserve rows trained like the distilled rows; with fewer than 1/alpha canaries, their
-    minimum). A row of class c is a candidate when its loss is below t_c, which a clean trained
-    row is with probability about ``max(alpha, 1/(n_canaries_c + 1))`` (and an untrained clean
-    row far less often). Class c is suspected when its candidate count is improbable under that
-    rate (binomial tail < ``significance``); only suspected classes have their candidates flagged.
+    Per class c with m canaries (clean reserve rows trained like the distilled rows): threshold
+    t_c = their lowest loss; a row of class c is a candidate when its loss is below t_c. For a
+    clean trained row exchangeable with the canaries, the chance q of falling below the minimum
+    of m is Beta(1, m) distributed (mean 1/(m+1)); untrained clean rows pass even less often.
+    The clean pass rate is taken at the ``RATE_CONFIDENCE`` upper bound of that Beta, and class c
+    is suspected when its candidate count has a binomial tail below ``significance`` at that
+    rate; only suspected classes have their candidates flagged. (The exact beta-binomial test
+    needs about 7/m excess, i.e. hundreds of canaries per class to see 1 % poison; the bound is
+    the compromise, measured in docs/ember.md.)
     """
     flagged = np.zeros(len(losses), dtype=bool)
     suspected, stats = [], []
     for c in range(num_classes):
         members = labels == c
-        held = np.sort(held_losses[held_labels == c])
-        n_c = int(members.sum())
-        if len(held) == 0 or n_c == 0:
-            stats.append({"class": c, "n_samples": n_c, "n_below_threshold": 0, "threshold": None,
-                          "clean_pass_rate": None, "p_value": 1.0, "suspected": False})
+        canaries = canary_losses[canary_labels == c]
+        n_c, m = int(members.sum()), len(canaries)
+        if m == 0 or n_c == 0:
+            stats.append({"class": c, "n_samples": n_c, "n_canaries": m, "n_below_threshold": 0, "threshold": None,
+                          "expected_clean_passes": None, "p_value": 1.0, "suspected": False})
             continue
-        rate = max(alpha, 1.0 / (len(held) + 1))
-        threshold = float(np.quantile(held, alpha, method="lower")) if alpha * len(held) >= 1 else float(held[0])
+        threshold = float(canaries.min())
         passing = members & (losses < threshold)
         k = int(passing.sum())
+        rate = float(beta.ppf(RATE_CONFIDENCE, 1, m))
         p_value = float(binom.sf(k - 1, n_c, rate)) if k else 1.0
         is_suspect = p_value < significance
         if is_suspect:
             suspected.append(c)
             flagged |= passing
-        stats.append({"class": c, "n_samples": n_c, "n_below_threshold": k, "threshold": threshold,
+        stats.append({"class": c, "n_samples": n_c, "n_canaries": m, "n_below_threshold": k, "threshold": threshold,
                       "clean_pass_rate": rate, "expected_clean_passes": rate * n_c, "p_value": p_value,
                       "suspected": is_suspect})
     return flagged, suspected, stats
@@ -338,7 +340,7 @@ class FeatureConfusionTraining:
         result.device = describe(device)
         result.settings = {"schedule": schedule.name, "arch": "ember_mlp", "cut": self.cut,
                            "rounds": [asdict(s) for s in schedule.rounds], "batch_size": schedule.batch_size,
-                           "lambda": schedule.lam, "alpha": ALPHA, "significance": SIGNIFICANCE,
+                           "lambda": schedule.lam, "significance": SIGNIFICANCE, "rate_confidence": RATE_CONFIDENCE,
                            "holdout_rows": len(holdout), "standardisation": "(x - mean) / (std + 0.1)",
                            "precision": "float32"}
         return result
