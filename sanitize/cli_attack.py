@@ -22,7 +22,7 @@ from PIL import Image
 from rich.console import Console
 from rich.table import Table
 
-from .attacks import ATTACK_INFO, ATTACKS, PoisonedSet, Stamp, apply_trigger_to_test, load_trigger
+from .attacks import ATTACK_INFO, ATTACKS, FEATURE_ATTACK_INFO, PoisonedSet, Stamp, apply_trigger_to_test, load_trigger
 from .data import ImageDataset, load_image_folder, load_like
 from .errors import SanitizeError
 from .evaluate import evaluate_files, format_metric
@@ -42,8 +42,8 @@ def register(app: typer.Typer) -> None:
 def _attack_help() -> str:
     rows = [f"{name} ({info.default_rate:g}" + (f" + {info.default_cover_rate:g} cover" if info.default_cover_rate
                                                 else "") + ")"
-            for name, info in ATTACK_INFO.items()]
-    return "Attack (default rate): " + ", ".join(rows) + ". See docs/attacks.md."
+            for name, info in {**ATTACK_INFO, **FEATURE_ATTACK_INFO}.items()]
+    return "Attack (default rate): " + ", ".join(rows) + ". See docs/attacks.md and docs/ember.md."
 
 
 def resolve_class(value: str, classes: list[str], option: str) -> int:
@@ -210,7 +210,7 @@ def attack_command(
     from .cli import parse_size
 
     name = name.lower()
-    if name in ATTACK_INFO and ATTACK_INFO[name].data == "features":
+    if name in FEATURE_ATTACK_INFO:
         from .cli_features import feature_attack
 
         image_only = {"--cover-rate": cover_rate, "--source": source, "--cover-classes": cover_classes,

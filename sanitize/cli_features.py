@@ -130,12 +130,12 @@ def _save_npz(tmp: Path, **arrays: np.ndarray) -> None:
 def feature_attack(name: str, clean: Path, out_dir: Path, rate: float | None, target: str, seed: int,
                    constrained: bool, trigger_size: int | None, fmt: str, force: bool, quiet: bool) -> int:
     """``sanitize attack ember-explanation``: poison feature rows, write them in the input format + poison.json."""
-    from .attacks import ATTACK_INFO, ATTACKS
+    from .attacks import FEATURE_ATTACK_INFO, FEATURE_ATTACKS
     from .cli_attack import resolve_class
     from .features import load_features, write_features
     from .report import library_versions
 
-    info = ATTACK_INFO[name]
+    info = FEATURE_ATTACK_INFO[name]
     if rate is not None and not 0 <= rate < 1:
         raise SanitizeError(f"--rate {rate}: expected a fraction in [0, 1)")
     if seed < 0:
@@ -144,7 +144,7 @@ def feature_attack(name: str, clean: Path, out_dir: Path, rate: float | None, ta
     data = load_features(clean, fmt)
     target_index = resolve_class(target, data.classes, "--target")
     rate = info.default_rate if rate is None else rate
-    poisoned = ATTACKS[name](data, rate=rate, target=target_index, seed=seed, constrained=constrained,
+    poisoned = FEATURE_ATTACKS[name](data, rate=rate, target=target_index, seed=seed, constrained=constrained,
                              trigger_size=trigger_size)
     ids = poisoned.dataset.paths
     record = {

@@ -36,7 +36,6 @@ ATTACKS: dict[str, Attack] = {
     "tact": tact,
     "adap-blend": adap_blend,
     "adap-patch": adap_patch,
-    "ember-explanation": ember_explanation,
 }
 
 ATTACK_INFO: dict[str, AttackInfo] = {
@@ -57,11 +56,18 @@ ATTACK_INFO: dict[str, AttackInfo] = {
                    summary="half-masked 15 % blend on poison and covers; full 20 % at test"),
         AttackInfo("adap-patch", "adaptive", 0.003, 0.006,
                    summary="four partial-opacity patches on poison and covers; all four at test"),
-        AttackInfo("ember-explanation", "clean label (features)", 0.01, data="features",
-                   summary="explanation-guided trigger on benign EMBER rows, labels kept"),
     )
 }
 
-__all__ = ["ATTACKS", "ATTACK_INFO", "Attack", "AttackInfo", "PoisonedSet", "Stamp", "adap_blend", "adap_patch",
-           "apply_trigger_to_test", "badnet", "blend", "choose_cover_indices", "choose_poison_indices",
-           "ember_explanation", "load_trigger", "sig", "tact", "trojan", "wanet"]
+# Attacks on feature rows (sanitize.features.FeatureDataset), kept apart from the image attacks
+# above because they take other options (``constrained``, ``trigger_size``) and other inputs.
+FEATURE_ATTACKS: dict[str, Attack] = {"ember-explanation": ember_explanation}
+FEATURE_ATTACK_INFO: dict[str, AttackInfo] = {
+    "ember-explanation": AttackInfo("ember-explanation", "clean label (features)", 0.01,
+                                    summary="explanation-guided trigger on benign EMBER rows, labels kept"),
+}
+
+__all__ = ["ATTACKS", "ATTACK_INFO", "FEATURE_ATTACKS", "FEATURE_ATTACK_INFO", "Attack", "AttackInfo",
+           "PoisonedSet", "Stamp", "adap_blend", "adap_patch", "apply_trigger_to_test", "badnet", "blend",
+           "choose_cover_indices", "choose_poison_indices", "ember_explanation", "load_trigger", "sig", "tact",
+           "trojan", "wanet"]

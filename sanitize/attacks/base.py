@@ -110,7 +110,6 @@ class AttackInfo:
     custom_trigger: bool = False
     has_source: bool = False
     summary: str = ""
-    data: str = "images"  # what the attack reads: "images" (class folders) or "features" (feature rows)
 
 
 def derived_rng(seed: int, stream: str) -> np.random.Generator:
