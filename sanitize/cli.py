@@ -24,6 +24,7 @@ from rich.table import Table
 
 from .data import ImageDataset, load_image_folder, load_reserve
 from .errors import SanitizeError
+from .features import FORMATS, FeatureDataset, detect_format, load_feature_reserve, load_features, write_features
 from .output import check_out_dir, staged_output, write_image_subset
 from .progress import Progress, RichProgress, Silent
 from .report import build_report, read_report, write_report
@@ -36,11 +37,14 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 stdout = Console()
 stderr = Console(stderr=True)
 
-Detect = Callable[[ImageDataset, ImageDataset, Progress], DetectionResult]
+Dataset = ImageDataset | FeatureDataset
+Detect = Callable[[Dataset, Dataset, Progress], DetectionResult]
 
-DataArg = Annotated[Path, typer.Argument(help="Image folder to inspect: one sub-folder per class.")]
+DataArg = Annotated[Path, typer.Argument(help="Data to inspect: an image folder (one sub-folder per class) or "
+                                              "feature rows (EMBER X_*.dat folder, .npz/.npy, raw .jsonl).")]
 ReserveOpt = Annotated[Path, typer.Option("--reserve", "-r",
-                                          help="Trusted clean images, same class folder names.")]
+                                          help="Trusted clean data in the same form (class folders or feature rows).")]
+FormatOpt = Annotated[str, typer.Option("--format", help="Input kind: auto, images, ember, npz or jsonl.")]
 OutOpt = Annotated[Path, typer.Option("--out", "-o", help="New folder for the cleaned dataset and reports.")]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Replace --out if it exists.")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
@@ -79,10 +83,13 @@ class RunOptions:
     json_only: bool = False
     max_flagged_fraction: float = 0.0
     fail_on_detect: bool = False
+    format: str = "auto"  # input kind: auto | images | ember | npz | jsonl
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.max_flagged_fraction <= 1.0:
             raise SanitizeError(f"--max-flagged-fraction {self.max_flagged_fraction}: expected a value in [0, 1]")
+        if self.format not in FORMATS:
+            raise SanitizeError(f"--format {self.format!r}: expected one of {', '.join(FORMATS)}")
 
 
 def gate(summary: dict, max_flagged_fraction: float = 0.0, fail_on_detect: bool = False) -> dict:
@@ -103,11 +110,30 @@ def gate(summary: dict, max_flagged_fraction: float = 0.0, fail_on_detect: bool 
             "reasons": reasons}
 
 
+def load_inputs(data_dir: Path, reserve_dir: Path, opts: RunOptions) -> tuple[Dataset, Dataset]:
+    """The inspected data and its reserve, read as the kind ``opts.format`` names (or detected)."""
+    kind = detect_format(data_dir) if opts.format == "auto" else opts.format
+    if kind == "images":
+        data = load_image_folder(data_dir, size=parse_size(opts.size))
+        return data, load_reserve(reserve_dir, data)
+    if opts.size is not None:
+        raise SanitizeError("--size applies to image folders, not feature rows")
+    data = load_features(data_dir, kind)
+    return data, load_feature_reserve(reserve_dir, data)
+
+
+def write_kept(data: Dataset, keep, directory: Path) -> None:
+    """The cleaned set in the input's own form: image files, or feature rows in the input format."""
+    if isinstance(data, FeatureDataset):
+        write_features(data, keep, directory)
+    else:
+        write_image_subset(data, keep, directory)
+
+
 def run_detector(detect: Detect, data_dir: Path, reserve_dir: Path, opts: RunOptions) -> int:
     """load -> detect -> decide -> write, shared by every detector command."""
     out = check_out_dir(opts.out, [data_dir, reserve_dir], opts.force)
-    data = load_image_folder(data_dir, size=parse_size(opts.size))
-    reserve = load_reserve(reserve_dir, data)
+    data, reserve = load_inputs(data_dir, reserve_dir, opts)
     quiet = opts.quiet or opts.json_only
     bars = RichProgress() if not quiet else nullcontext(Silent())
     with bars as progress:
@@ -116,7 +142,7 @@ def run_detector(detect: Detect, data_dir: Path, reserve_dir: Path, opts: RunOpt
     verdict = gate(report["summary"], opts.max_flagged_fraction, opts.fail_on_detect)
     report["summary"]["gate"] = verdict
     with staged_output(out) as staging:
-        write_image_subset(data, result.kept_indices, staging)
+        write_kept(data, result.kept_indices, staging)
         write_report(report, staging)
     if opts.json_only:
         print(json.dumps({"summary": report["summary"], "out": str(out)}))
@@ -151,7 +177,8 @@ def ct_command(
     out: OutOpt,
     schedule: Annotated[str, typer.Option(help="fast (default) or reference (the paper's settings).")] = "fast",
     arch: Annotated[str, typer.Option(help="Model: auto, resnet18, small_cnn, mobilenet_v2, vgg16, "
-                                           "densenet121 (auto: resnet18 on a GPU at >= 32 px, else small_cnn).")
+                                           "densenet121 (auto: resnet18 on a GPU at >= 32 px, else small_cnn; "
+                                           "feature rows: the ember_mlp network).")
                     ] = "auto",
     device: DeviceOpt = "auto",
     seed: SeedOpt = 0,
@@ -161,22 +188,28 @@ def ct_command(
     json_only: JsonOnlyOpt = False,
     max_flagged_fraction: MaxFlaggedOpt = 0.0,
     fail_on_detect: FailOnDetectOpt = False,
+    fmt: FormatOpt = "auto",
 ) -> int:
     """Confusion Training (Qi et al., USENIX Security 2023): flag poison samples in DATA."""
     from .detectors.ct import ConfusionTraining, get_schedule
+    from .detectors.ct_features import FeatureConfusionTraining
     from .devices import resolve_device
     from .models import available_models
 
     get_schedule(schedule)
     resolve_device(device)
-    if arch != "auto" and arch not in available_models():
-        raise SanitizeError(f"unknown --arch {arch!r}; choose from auto, {', '.join(available_models())}")
+    if arch not in ("auto", "ember_mlp") and arch not in available_models():
+        raise SanitizeError(f"unknown --arch {arch!r}; choose from auto, ember_mlp, {', '.join(available_models())}")
 
-    def detect(d: ImageDataset, r: ImageDataset, progress: Progress) -> DetectionResult:
+    def detect(d: Dataset, r: Dataset, progress: Progress) -> DetectionResult:
+        if isinstance(d, FeatureDataset):
+            return FeatureConfusionTraining(schedule, arch, device, seed, progress).detect(d, r)
+        if arch == "ember_mlp":
+            raise SanitizeError("--arch ember_mlp is for feature rows; image folders use a CNN")
         return ConfusionTraining(schedule, arch, device, seed, progress).detect(d, r)
 
     return run_detector(detect, data, reserve, RunOptions(out, force, size, quiet, json_only, max_flagged_fraction,
-                                                          fail_on_detect))
+                                                          fail_on_detect, fmt))
 
 
 @app.command("demo")

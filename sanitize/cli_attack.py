@@ -22,7 +22,7 @@ from PIL import Image
 from rich.console import Console
 from rich.table import Table
 
-from .attacks import ATTACK_INFO, ATTACKS, PoisonedSet, Stamp, apply_trigger_to_test, load_trigger
+from .attacks import ATTACK_INFO, ATTACKS, FEATURE_ATTACK_INFO, PoisonedSet, Stamp, apply_trigger_to_test, load_trigger
 from .data import ImageDataset, load_image_folder, load_like
 from .errors import SanitizeError
 from .evaluate import evaluate_files, format_metric
@@ -42,8 +42,8 @@ def register(app: typer.Typer) -> None:
 def _attack_help() -> str:
     rows = [f"{name} ({info.default_rate:g}" + (f" + {info.default_cover_rate:g} cover" if info.default_cover_rate
                                                 else "") + ")"
-            for name, info in ATTACK_INFO.items()]
-    return "Attack (default rate): " + ", ".join(rows) + ". See docs/attacks.md."
+            for name, info in {**ATTACK_INFO, **FEATURE_ATTACK_INFO}.items()]
+    return "Attack (default rate): " + ", ".join(rows) + ". See docs/attacks.md and docs/ember.md."
 
 
 def resolve_class(value: str, classes: list[str], option: str) -> int:
@@ -198,11 +198,30 @@ def attack_command(
     size: Annotated[str | None, typer.Option(help="Resize images to N or HxW pixels.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace OUT_DIR / --test-out if they exist.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No summary table.")] = False,
+    constrained: Annotated[bool, typer.Option(
+        "--constrained", help="ember-explanation: only the 17 features a real PE file can change.")] = False,
+    trigger_size: Annotated[int | None, typer.Option(
+        "--trigger-size", help="ember-explanation: trigger features (default 17 constrained, 32 otherwise).")
+                            ] = None,
+    fmt: Annotated[str, typer.Option("--format", help="ember-explanation input: auto, ember, npz or jsonl.")
+                   ] = "auto",
 ) -> int:
     """Poison CLEAN_DIR with a backdoor attack into OUT_DIR and record the ground truth in poison.json."""
     from .cli import parse_size
 
     name = name.lower()
+    if name in FEATURE_ATTACK_INFO:
+        from .cli_features import feature_attack
+
+        image_only = {"--cover-rate": cover_rate, "--source": source, "--cover-classes": cover_classes,
+                      "--trigger": trigger, "--mask": mask, "--test": test, "--test-out": test_out, "--size": size}
+        given = [option for option, value in image_only.items() if value is not None]
+        if given:
+            raise SanitizeError(f"{name} works on feature rows; {', '.join(given)} appl(ies) to image attacks only")
+        return feature_attack(name, clean_dir, out_dir, rate, target, seed, constrained, trigger_size, fmt,
+                              force, quiet)
+    if constrained or trigger_size is not None or fmt != "auto":
+        raise SanitizeError(f"--constrained, --trigger-size and --format apply to feature attacks, not {name}")
     check_options(name, rate, cover_rate, source, cover_classes, trigger, mask, test, test_out, seed)
     out = _check_out(out_dir, [clean_dir, test], force, "OUT_DIR")
     test_dest = _check_out(test_out, [clean_dir, test, out], force, "--test-out") if test_out is not None else None

@@ -14,7 +14,6 @@ from typing import Any
 
 import numpy as np
 
-from .data import ImageDataset
 from .result import DetectionResult
 
 SCHEMA_VERSION = 1
@@ -32,12 +31,22 @@ def library_versions() -> dict[str, str]:
             "scikit-learn": sklearn.__version__}
 
 
-def build_report(dataset: ImageDataset, result: DetectionResult,
+UNLABELLED = "unlabelled"
+
+
+def build_report(dataset: Any, result: DetectionResult,
                  extra_summary: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The report of ``result`` on ``dataset`` (an ImageDataset or a FeatureDataset).
+
+    Rows labelled -1 (unlabelled feature rows) get the label ``"unlabelled"`` and
+    ``"inspected": false``; ``summary.n_not_inspected`` counts them (0 for image folders).
+    """
     labels = dataset.labels.cpu().numpy()
+    not_inspected = labels < 0
     summary = {
         "method": result.method,
         "n_samples": len(dataset),
+        "n_not_inspected": int(not_inspected.sum()),
         "n_flagged": result.n_flagged,
         "flagged_fraction": result.n_flagged / max(1, len(dataset)),
         "suspected_classes": [dataset.classes[c] for c in result.suspected_classes],
@@ -54,6 +63,9 @@ def build_report(dataset: ImageDataset, result: DetectionResult,
     samples = [
         {"path": dataset.paths[i], "label": dataset.classes[int(labels[i])],
          "score": float(result.scores[i]), "flagged": bool(result.flagged[i])}
+        if not not_inspected[i] else
+        {"path": dataset.paths[i], "label": UNLABELLED, "score": float(result.scores[i]), "flagged": False,
+         "inspected": False}
         for i in range(len(dataset))
     ]
     classes = [{"name": dataset.classes[s["class"]], **{k: v for k, v in s.items() if k != "class"}}

@@ -19,6 +19,7 @@ from .base import (
     load_trigger,
 )
 from .blend import adap_blend, blend
+from .ember_explanation import ember_explanation
 from .patch import adap_patch, badnet, trojan
 from .sig import sig
 from .tact import tact
@@ -58,6 +59,15 @@ ATTACK_INFO: dict[str, AttackInfo] = {
     )
 }
 
-__all__ = ["ATTACKS", "ATTACK_INFO", "Attack", "AttackInfo", "PoisonedSet", "Stamp", "adap_blend", "adap_patch",
-           "apply_trigger_to_test", "badnet", "blend", "choose_cover_indices", "choose_poison_indices",
-           "load_trigger", "sig", "tact", "trojan", "wanet"]
+# Attacks on feature rows (sanitize.features.FeatureDataset), kept apart from the image attacks
+# above because they take other options (``constrained``, ``trigger_size``) and other inputs.
+FEATURE_ATTACKS: dict[str, Attack] = {"ember-explanation": ember_explanation}
+FEATURE_ATTACK_INFO: dict[str, AttackInfo] = {
+    "ember-explanation": AttackInfo("ember-explanation", "clean label (features)", 0.01,
+                                    summary="explanation-guided trigger on benign EMBER rows, labels kept"),
+}
+
+__all__ = ["ATTACKS", "ATTACK_INFO", "FEATURE_ATTACKS", "FEATURE_ATTACK_INFO", "Attack", "AttackInfo",
+           "PoisonedSet", "Stamp", "adap_blend", "adap_patch", "apply_trigger_to_test", "badnet", "blend",
+           "choose_cover_indices", "choose_poison_indices", "ember_explanation", "load_trigger", "sig", "tact",
+           "trojan", "wanet"]

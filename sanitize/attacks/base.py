@@ -83,7 +83,8 @@ class PoisonedSet:
     def __post_init__(self) -> None:
         # Modified samples are new files: give them paths under their (possibly new) class folder,
         # so writing ``dataset`` as an image folder keeps every poison sample's target label.
-        self.dataset.paths = relocated_paths(self.dataset, self.is_poison | self.is_cover)
+        if isinstance(self.dataset, ImageDataset):  # feature rows keep their ids (row index / sha256)
+            self.dataset.paths = relocated_paths(self.dataset, self.is_poison | self.is_cover)
 
     @property
     def is_poison(self) -> np.ndarray:

@@ -1,0 +1,173 @@
+"""``sanitize features`` (PE files -> EMBER raw features) and the feature-row side of ``sanitize attack``.
+
+``features`` never stops on a bad file: files that are not PE (or that lief cannot parse) are
+listed with their reason in ``<out>.skipped.csv`` and the summary, and the run goes on.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .errors import SanitizeError
+from .output import check_out_dir, staged_output
+
+stdout = Console()
+
+
+def register(app: typer.Typer) -> None:
+    app.command("features")(features_command)
+
+
+def _check_out_file(out: Path, inputs: list[Path], force: bool, suffix: str, option: str) -> Path:
+    out = Path(out).expanduser().resolve()
+    if out.suffix != suffix:
+        raise SanitizeError(f"{option} {out}: expected a {suffix} file name")
+    for src in inputs:
+        src = Path(src).expanduser().resolve()
+        if out == src or (src.is_dir() and out.is_relative_to(src)):
+            raise SanitizeError(f"{option} {out} is inside the input {src}; choose a path outside it")
+    if out.exists() and not force:
+        raise SanitizeError(f"{option} {out} already exists (use --force to replace it)")
+    if not out.parent.is_dir():
+        raise SanitizeError(f"{option} {out}: parent folder {out.parent} does not exist")
+    return out
+
+
+def _atomic_write(path: Path, write) -> None:
+    """Write via a temporary file in the same folder, then rename (never a half-written file)."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def features_command(
+    inputs: Annotated[Path, typer.Argument(help="A PE file or a folder of them (searched recursively).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Raw features, one JSON record per line (.jsonl).")],
+    vectors: Annotated[Path | None, typer.Option(
+        "--vectors", help="Also write the EMBER v2 vectors (2381 float32) with sha256 ids as this .npz.")] = None,
+    label: Annotated[int, typer.Option(help="Label written into every record: -1 unlabelled, 0 benign, "
+                                            "1 malicious.")] = -1,
+    force: Annotated[bool, typer.Option("--force", help="Replace --out / --vectors if they exist.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No summary table.")] = False,
+) -> int:
+    """Extract EMBER (feature version 2) raw features from PE files with lief; skip other files with a reason."""
+    from . import ember
+    from .pe_features import NotPE, iter_files, raw_features
+
+    if label not in (-1, 0, 1):
+        raise SanitizeError(f"--label {label}: expected -1, 0 or 1")
+    if not inputs.exists():
+        raise SanitizeError(f"{inputs}: no such file or folder")
+    out = _check_out_file(out, [inputs], force, ".jsonl", "--out")
+    vec = _check_out_file(vectors, [inputs], force, ".npz", "--vectors") if vectors is not None else None
+    try:
+        import lief  # noqa: F401
+    except ImportError:
+        raise SanitizeError("the PE extractor needs lief: pip install 'lief>=0.16'") from None
+    records: list[dict[str, Any]] = []
+    skipped: list[tuple[str, str]] = []
+    for path in iter_files(inputs):
+        rel = path.relative_to(inputs).as_posix() if inputs.is_dir() else path.name
+        try:
+            records.append(raw_features(path, label))
+        except NotPE as exc:
+            skipped.append((rel, str(exc)))
+    if not records and not skipped:
+        raise SanitizeError(f"{inputs}: no files")
+
+    def write_jsonl(tmp: Path) -> None:
+        with open(tmp, "w", encoding="utf-8") as f:
+            for r in records:
+                f.write(json.dumps(r, separators=(",", ":")) + "\n")
+
+    _atomic_write(out, write_jsonl)
+    skipped_path = out.with_name(out.stem + ".skipped.csv")
+
+    def write_skipped(tmp: Path) -> None:
+        with open(tmp, "w", encoding="utf-8", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["path", "reason"])
+            writer.writerows(skipped)
+
+    _atomic_write(skipped_path, write_skipped)
+    if vec is not None:
+        X = ember.vectorize(records, 2)
+        ids = np.array([r["sha256"] for r in records])
+        y = np.full(len(records), label, dtype=np.float32)
+        _atomic_write(vec, lambda tmp: _save_npz(tmp, X=X, y=y, sha256=ids))
+    if not quiet:
+        table = Table(title="sanitize features", show_header=False)
+        table.add_row("extracted", f"{len(records)} PE file(s) -> {out}")
+        table.add_row("skipped", f"{len(skipped)} (reasons: {skipped_path})")
+        for rel, reason in skipped[:10]:
+            table.add_row("", f"{rel}: {reason}")
+        if vec is not None:
+            table.add_row("vectors", f"{vec} ({len(records)} x 2381 float32)")
+        stdout.print(table)
+    return 0
+
+
+def _save_npz(tmp: Path, **arrays: np.ndarray) -> None:
+    with open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+
+
+def feature_attack(name: str, clean: Path, out_dir: Path, rate: float | None, target: str, seed: int,
+                   constrained: bool, trigger_size: int | None, fmt: str, force: bool, quiet: bool) -> int:
+    """``sanitize attack ember-explanation``: poison feature rows, write them in the input format + poison.json."""
+    from .attacks import FEATURE_ATTACK_INFO, FEATURE_ATTACKS
+    from .cli_attack import resolve_class
+    from .features import load_features, write_features
+    from .report import library_versions
+
+    info = FEATURE_ATTACK_INFO[name]
+    if rate is not None and not 0 <= rate < 1:
+        raise SanitizeError(f"--rate {rate}: expected a fraction in [0, 1)")
+    if seed < 0:
+        raise SanitizeError(f"--seed {seed}: expected a non-negative integer")
+    out = check_out_dir(out_dir, [clean], force)
+    data = load_features(clean, fmt)
+    target_index = resolve_class(target, data.classes, "--target")
+    rate = info.default_rate if rate is None else rate
+    poisoned = FEATURE_ATTACKS[name](data, rate=rate, target=target_index, seed=seed, constrained=constrained,
+                             trigger_size=trigger_size)
+    ids = poisoned.dataset.paths
+    record = {
+        "schema_version": 1, "attack": name, "kind": info.kind, "params": poisoned.params, "seed": seed,
+        "target": target_index, "target_class": data.classes[target_index], "source": None, "source_class": None,
+        "cover_classes": [], "cover_class_names": [], "clean_label": True, "classes": list(data.classes),
+        "n_samples": len(data), "n_poison": len(poisoned.poison_indices), "n_cover": 0,
+        "n_features": data.dim, "feature_version": data.feature_version,
+        "input": str(Path(clean).resolve()), "format": data.source.format if data.source else None,
+        "poison": [ids[i] for i in poisoned.poison_indices.tolist()], "cover": [],
+        "notes": list(data.notes), "versions": library_versions(),
+    }
+    with staged_output(out) as staging:
+        files = write_features(poisoned.dataset, np.arange(len(data)), staging)
+        record["files"] = files
+        (staging / "poison.json").write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+    if not quiet:
+        table = Table(title=f"sanitize attack {name}", show_header=False)
+        table.add_row("rows", f"{len(data)} ({data.n_unlabelled} unlabelled)")
+        table.add_row("poison", f"{record['n_poison']} benign rows (rate {rate}), labels kept")
+        table.add_row("trigger", f"{len(poisoned.params['features'])} features"
+                      + (" (constrained)" if constrained else "") + ": " + ", ".join(poisoned.params["features"][:6])
+                      + (", ..." if len(poisoned.params["features"]) > 6 else ""))
+        table.add_row("output", f"{out} ({', '.join(files)}; ground truth: poison.json)")
+        stdout.print(table)
+    return 0

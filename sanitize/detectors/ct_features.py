@@ -1,0 +1,384 @@
+"""CT -- Confusion Training -- for feature vectors (EMBER malware features).
+
+The EMBER variant of Qi et al. (USENIX Security 2023): features standardised as
+``(x - mean) / (std + 0.1)`` over the inspected set, an MLP (D -> 200 -> 100 -> 20 -> 1, batch
+norm, dropout 0.5) trained with binary cross-entropy, and five rounds of pretraining ->
+confusion training -> distillation. Confusion fits the trusted reserve under *flipped* labels
+with weight (lambda-1)/lambda = 0.95, so the ordinary "benign vs malicious" features lose their
+link to the labels; rows that stay fitted carry a different shortcut -- the backdoor trigger --
+and distillation keeps the 1/5, 1/20, 1/40, 1/80 lowest-loss rows for the next round.
+
+**The cut.** The reference removes the lowest-loss 4 % of rows whatever the data. Here a fifth
+of the reserve is held out as *canaries*: clean rows that join the distilled rows, under their
+true labels, in the last round's training. They are fitted exactly as clean rows that slipped
+through distillation are, so their lowest loss after confusion bounds how well a clean trained
+row is fitted by chance. Rows fitted better than every canary of their class are candidates,
+and a class is suspected only when it has more candidates than clean rows could produce
+(a binomial tail at an upper bound of the canaries' pass rate, see :func:`data_driven_cut`);
+only suspected classes lose their candidates. A clean set flags nothing, a 1 % attack flags
+about 1 %, and a 10 % attack is not cut off at 4 %. The rule and its measured effect are in ``docs/ember.md``.
+
+Two schedules: ``reference`` (the paper's epochs, 6000/4000 confusion steps at batch 64) and
+``fast`` (default): the same rounds with confusion steps set by passes over the reserve and
+pretraining epochs reduced, for CPUs and small sets.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from scipy.stats import beta, binom
+from torch import nn
+from torch.nn import functional as F
+
+from ..devices import describe, resolve_device, seed_everything
+from ..engine import epoch_batches, make_sgd, planned_batches
+from ..errors import SanitizeError
+from ..features import FeatureDataset, check_feature_reserve
+from ..models import Classifier
+from ..progress import Progress, Silent
+from ..result import DetectionResult
+from .ct import _Timer, distill, split_holdout
+
+
+@dataclass(frozen=True)
+class FeatureRound:
+    pretrain_epochs: int
+    confusion_steps: int  # the cap (reference: the exact number)
+    lr: float  # confusion learning rate
+    batch_factor: int  # an inspected batch joins every ``batch_factor`` confusion steps
+    keep_ratio: float | None  # distillation ratio; None in the last round
+    with_reserve: bool  # pretraining also fits the reserve under flipped labels
+
+
+@dataclass(frozen=True)
+class FeatureCTSchedule:
+    name: str
+    rounds: tuple[FeatureRound, ...]
+    batch_size: int = 64
+    pretrain_batch: int = 512
+    pretrain_lr: float = 0.1
+    pretrain_momentum: float = 0.9
+    confusion_momentum: float = 0.5
+    lam: float = 20.0
+    weight_decay: float = 1e-6
+    reserve_passes: float | None = None  # fast: confusion steps = passes over the reserve (capped)
+    min_confusion_steps: int = 0
+    min_pretrain_steps: int = 0
+    holdout_fraction: float = 0.2
+
+    def steps(self, spec: FeatureRound, reserve_size: int) -> int:
+        if self.reserve_passes is None:
+            return spec.confusion_steps
+        wanted = math.ceil(self.reserve_passes * reserve_size / self.batch_size)
+        return int(min(spec.confusion_steps, max(self.min_confusion_steps, wanted)))
+
+
+# The reference code's EMBER settings (ct_cleanser_ember.py of the paper's repository).
+REFERENCE = FeatureCTSchedule(
+    name="reference",
+    rounds=(
+        FeatureRound(10, 6000, 0.1, 1, 1 / 5, False),
+        FeatureRound(5, 4000, 0.01, 16, 1 / 20, False),
+        FeatureRound(5, 4000, 0.01, 64, 1 / 40, True),
+        FeatureRound(5, 4000, 0.01, 128, 1 / 80, True),
+        FeatureRound(5, 4000, 0.01, 128, None, True),
+    ),
+)
+
+# Ours: the reference's rounds, ratios, learning rates and batch factors, with confusion steps
+# set to 30 passes over the reserve (capped at the reference's counts) and fewer pretraining
+# epochs; calibrated on generated EMBER sets (docs/ember.md).
+FAST = FeatureCTSchedule(
+    name="fast",
+    rounds=(
+        FeatureRound(4, 6000, 0.1, 1, 1 / 5, False),
+        FeatureRound(3, 4000, 0.01, 16, 1 / 20, False),
+        FeatureRound(3, 4000, 0.01, 64, 1 / 40, True),
+        FeatureRound(3, 4000, 0.01, 128, 1 / 80, True),
+        FeatureRound(3, 4000, 0.01, 128, None, True),
+    ),
+    reserve_passes=30,
+    min_confusion_steps=300,
+    min_pretrain_steps=60,
+)
+
+SCHEDULES = {s.name: s for s in (FAST, REFERENCE)}
+REFERENCE_BUDGET = 1 / 25  # the reference flags this fraction, always
+SIGNIFICANCE = 1e-3  # a class is suspected when its candidate count is this unlikely for clean rows
+RATE_CONFIDENCE = 0.9  # the clean pass rate is taken at this upper confidence bound
+
+
+def get_feature_schedule(name: str) -> FeatureCTSchedule:
+    if name not in SCHEDULES:
+        raise SanitizeError(f"unknown --schedule {name!r}; choose from {', '.join(SCHEDULES)}")
+    return SCHEDULES[name]
+
+
+def ember_mlp(dim: int, num_outputs: int = 1) -> Classifier:
+    """The CT paper's EMBER network: D -> 200 -> 100 -> 20 -> 1 with batch norm and dropout 0.5.
+
+    Shared with other detectors on feature data (a :class:`Classifier`: 20-d penultimate features).
+    """
+    def block(i: int, o: int, dropout: bool) -> list[nn.Module]:
+        return [nn.Linear(i, o), nn.BatchNorm1d(o), nn.ReLU(inplace=True)] + ([nn.Dropout(0.5)] if dropout else [])
+
+    trunk = nn.Sequential(*block(dim, 200, True), *block(200, 100, True), *block(100, 20, False))
+    return Classifier(trunk, 20, num_outputs)
+
+
+@dataclass
+class Standardise:
+    """``(x - mean) / (std + 0.1)`` with the inspected set's statistics, applied per batch on the device.
+
+    The +0.1 (from the reference) keeps near-constant columns -- most hashed buckets -- from
+    being blown up into large values by a tiny standard deviation.
+    """
+
+    mean: torch.Tensor
+    scale: torch.Tensor
+
+    @classmethod
+    def fit(cls, data: FeatureDataset) -> Standardise:
+        mean, std = data.column_stats()
+        return cls(mean.to(data.device), (std + 0.1).to(data.device))
+
+    def __call__(self, rows: torch.Tensor) -> torch.Tensor:
+        return (rows.float() - self.mean) / self.scale
+
+
+def batch(X: torch.Tensor, idx: torch.Tensor, prep: Standardise) -> torch.Tensor:
+    """Standardised rows ``X[idx]`` on ``prep``'s device (``X`` may be a CPU memory map)."""
+    return prep(X[idx.to(X.device)].to(prep.mean.device, non_blocking=True))
+
+
+@torch.no_grad()
+def row_losses(model: Classifier, X: torch.Tensor, labels: torch.Tensor, index: torch.Tensor, prep: Standardise,
+               chunk: int = 8192) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row BCE and logit of the rows ``X[index]`` with targets ``labels`` (eval mode)."""
+    model.eval()
+    logits = torch.cat([model(batch(X, index[s:s + chunk], prep)).squeeze(1).float()
+                        for s in range(0, len(index), chunk)])
+    losses = F.binary_cross_entropy_with_logits(logits, labels.float(), reduction="none")
+    return losses, logits
+
+
+def pretrain(model: Classifier, parts: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], epochs: int,
+             schedule: FeatureCTSchedule, prep: Standardise, gen: torch.Generator, advance) -> None:
+    """Supervised BCE on the (X, row index, target) ``parts`` (e.g. distilled rows + flipped reserve)."""
+    device = prep.mean.device
+    sizes = [len(idx) for _, idx, _ in parts]
+    n = sum(sizes)
+    opt = make_sgd(model, schedule.pretrain_lr, schedule.pretrain_momentum, schedule.weight_decay)
+    model.train()
+    size = min(schedule.pretrain_batch, n)
+    for _ in range(epochs):
+        for order in epoch_batches(n, size, gen):
+            x, y = _gather(parts, sizes, order, prep)
+            loss = F.binary_cross_entropy_with_logits(model(x).squeeze(1), y.to(device))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        advance()
+
+
+def _gather(parts, sizes: list[int], order: torch.Tensor, prep: Standardise) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows ``order`` of the concatenation of ``parts`` without materialising it."""
+    xs, ys, start = [], [], 0
+    for (X, idx, y), size in zip(parts, sizes, strict=True):
+        mine = order[(order >= start) & (order < start + size)] - start
+        if len(mine):
+            mine = mine.to(idx.device)
+            xs.append(batch(X, idx[mine], prep))
+            ys.append(y[mine.to(y.device)])
+        start += size
+    return torch.cat(xs), torch.cat([y.to(xs[0].device) for y in ys])
+
+
+def confusion_train(model: Classifier, inspect: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
+                    reserve: FeatureDataset, spec: FeatureRound, steps: int, schedule: FeatureCTSchedule,
+                    prep: Standardise, gen: torch.Generator, advance) -> None:
+    """Fit the reserve under flipped labels, every ``batch_factor`` steps with a batch of ``inspect``.
+
+    ``inspect`` lists (X, row index, target) parts: the distilled rows of D and, in the last
+    round, the canary rows of the held-out reserve.
+    """
+    device = prep.mean.device
+    opt = make_sgd(model, spec.lr, schedule.confusion_momentum, schedule.weight_decay)
+    sizes = [len(idx) for _, idx, _ in inspect]
+    r_plan = planned_batches(len(reserve), schedule.batch_size, steps, gen, reserve.device)
+    d_plan = planned_batches(sum(sizes), schedule.batch_size, -(-steps // spec.batch_factor), gen, torch.device("cpu"))
+    flipped = 1.0 - reserve.labels.float()
+    lam = schedule.lam
+    model.train()
+    for step in range(steps):
+        r_idx = r_plan[step]
+        x = prep(reserve.X[r_idx].to(device))
+        y_conf = flipped[r_idx].to(device)
+        with_data = step % spec.batch_factor == 0
+        if with_data:
+            x_d, y_d = _gather(inspect, sizes, d_plan[step // spec.batch_factor], prep)
+            x = torch.cat([x, x_d])
+        logits = model(x).squeeze(1)
+        loss = F.binary_cross_entropy_with_logits(logits[: len(r_idx)], y_conf)
+        if with_data:
+            loss_insp = F.binary_cross_entropy_with_logits(logits[len(r_idx):], y_d.to(device))
+            loss = ((lam - 1) * loss + loss_insp) / lam
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        advance()
+
+
+def data_driven_cut(losses: np.ndarray, labels: np.ndarray, canary_losses: np.ndarray, canary_labels: np.ndarray,
+                    num_classes: int, significance: float = SIGNIFICANCE) -> tuple[np.ndarray, list[int], list[dict]]:
+    """Flags, suspected classes and per-class evidence from the last confused model's losses.
+
+    Per class c with m canaries (clean reserve rows trained like the distilled rows): threshold
+    t_c = their lowest loss; a row of class c is a candidate when its loss is below t_c. For a
+    clean trained row exchangeable with the canaries, the chance q of falling below the minimum
+    of m is Beta(1, m) distributed (mean 1/(m+1)); untrained clean rows pass even less often.
+    The clean pass rate is taken at the ``RATE_CONFIDENCE`` upper bound of that Beta, and class c
+    is suspected when its candidate count has a binomial tail below ``significance`` at that
+    rate; only suspected classes have their candidates flagged. (The exact beta-binomial test
+    needs about 7/m excess, i.e. hundreds of canaries per class to see 1 % poison; the bound is
+    the compromise, measured in docs/ember.md.)
+    """
+    flagged = np.zeros(len(losses), dtype=bool)
+    suspected, stats = [], []
+    for c in range(num_classes):
+        members = labels == c
+        canaries = canary_losses[canary_labels == c]
+        n_c, m = int(members.sum()), len(canaries)
+        if m == 0 or n_c == 0:
+            stats.append({"class": c, "n_samples": n_c, "n_canaries": m, "n_below_threshold": 0, "threshold": None,
+                          "expected_clean_passes": None, "p_value": 1.0, "suspected": False})
+            continue
+        threshold = float(canaries.min())
+        passing = members & (losses < threshold)
+        k = int(passing.sum())
+        rate = float(beta.ppf(RATE_CONFIDENCE, 1, m))
+        p_value = float(binom.sf(k - 1, n_c, rate)) if k else 1.0
+        is_suspect = p_value < significance
+        if is_suspect:
+            suspected.append(c)
+            flagged |= passing
+        stats.append({"class": c, "n_samples": n_c, "n_canaries": m, "n_below_threshold": k, "threshold": threshold,
+                      "clean_pass_rate": rate, "expected_clean_passes": rate * n_c, "p_value": p_value,
+                      "suspected": is_suspect})
+    return flagged, suspected, stats
+
+
+@dataclass
+class FeatureConfusionTraining:
+    """Confusion Training on a :class:`FeatureDataset` (binary labels, e.g. EMBER)."""
+
+    schedule: str | FeatureCTSchedule = "fast"
+    arch: str = "auto"
+    device: str | torch.device = "auto"
+    seed: int = 0
+    progress: Progress | None = None
+    cut: str = "data"  # "data" (ours) or "budget" (the reference's lowest 4 %)
+
+    def detect(self, data: FeatureDataset, reserve: FeatureDataset) -> DetectionResult:
+        device = resolve_device(self.device)
+        schedule = self.schedule if isinstance(self.schedule, FeatureCTSchedule) else \
+            get_feature_schedule(self.schedule)
+        if self.arch not in ("auto", "ember_mlp"):
+            raise SanitizeError(f"--arch {self.arch!r}: feature data uses the ember_mlp network (or auto)")
+        if data.num_classes != 2:
+            raise SanitizeError(f"CT on feature data needs binary labels (0/1), found {data.num_classes} classes")
+        if self.cut not in ("data", "budget"):
+            raise SanitizeError(f"unknown cut {self.cut!r}: expected data or budget")
+        check_feature_reserve(reserve, data)
+        labelled_np = data.labelled_indices()
+        if len(labelled_np) < 20 or (np.bincount(data.labels.cpu().numpy()[labelled_np], minlength=2) < 2).any():
+            raise SanitizeError(f"dataset has {len(labelled_np)} labelled rows: too few of each class to inspect")
+        progress = self.progress or Silent()
+        gen = seed_everything(self.seed)
+        timer = _Timer(device)
+        with timer("load to device"):
+            data = data.to(device)
+            reserve = reserve.to(device)
+            prep = Standardise.fit(data)
+        reserve, holdout = split_holdout(reserve, schedule.holdout_fraction, gen)
+        if holdout is None:
+            raise SanitizeError("reserve too small to hold out clean rows for the cut: need at least 4 per class")
+        labelled = torch.from_numpy(labelled_np).to(device)
+        labels = data.labels
+        subset = labelled
+        n = len(labelled)
+        last = len(schedule.rounds) - 1
+        model = None
+        all_reserve = torch.arange(len(reserve), device=reserve.device)
+        canaries = (holdout.X, torch.arange(len(holdout), device=holdout.device), holdout.labels.float())
+        for r, spec in enumerate(schedule.rounds):
+            model = ember_mlp(data.dim).to(device)
+            inspect = [(data.X, subset, labels[subset].float())] + ([canaries] if r == last else [])
+            parts = inspect + ([(reserve.X, all_reserve, 1.0 - reserve.labels.float())] if spec.with_reserve else [])
+            steps_per_epoch = max(1, sum(len(p[1]) for p in parts) // schedule.pretrain_batch)
+            epochs = max(spec.pretrain_epochs, math.ceil(schedule.min_pretrain_steps / steps_per_epoch))
+            with timer(f"round {r} pretrain"), progress.phase(f"round {r}: pretrain", epochs) as adv:
+                pretrain(model, parts, epochs, schedule, prep, gen, adv)
+            steps = schedule.steps(spec, len(reserve))
+            with timer(f"round {r} confusion"), progress.phase(f"round {r}: confusion", steps) as adv:
+                confusion_train(model, inspect, reserve, spec, steps, schedule, prep, gen, adv)
+            if r == last:
+                break
+            with timer(f"round {r} distill"):
+                losses, _ = row_losses(model, data.X, labels[labelled], labelled, prep)
+                keep = distill(losses, labels[labelled], 2, spec.keep_ratio, None)
+                subset = labelled[keep]
+        with timer("detect"), progress.phase("detect", 1) as adv:
+            result = self._decide(model, data, labelled, holdout, prep, n)
+            adv()
+        result.timings = timer.timings
+        result.seed = self.seed
+        result.device = describe(device)
+        result.settings = {"schedule": schedule.name, "arch": "ember_mlp", "cut": self.cut,
+                           "rounds": [asdict(s) for s in schedule.rounds], "batch_size": schedule.batch_size,
+                           "lambda": schedule.lam, "significance": SIGNIFICANCE, "rate_confidence": RATE_CONFIDENCE,
+                           "holdout_rows": len(holdout), "standardisation": "(x - mean) / (std + 0.1)",
+                           "precision": "float32"}
+        return result
+
+    def _decide(self, model: Classifier, data: FeatureDataset, labelled: torch.Tensor, holdout: FeatureDataset,
+                prep: Standardise, n: int) -> DetectionResult:
+        y = data.labels[labelled]
+        losses, logits = row_losses(model, data.X, y, labelled, prep)
+        held_idx = torch.arange(len(holdout), device=holdout.device)
+        held_losses, _ = row_losses(model, holdout.X, holdout.labels, held_idx, prep)
+        losses_np, y_np = losses.cpu().numpy(), y.cpu().numpy()
+        if self.cut == "budget":
+            order = np.argsort(losses_np, kind="stable")[: int(n * REFERENCE_BUDGET)]
+            flagged_l = np.zeros(n, dtype=bool)
+            flagged_l[order] = True
+            suspected = sorted({int(c) for c in y_np[flagged_l]})
+            stats = [{"class": c, "n_samples": int((y_np == c).sum()),
+                      "n_flagged": int((flagged_l & (y_np == c)).sum()), "suspected": c in suspected}
+                     for c in range(data.num_classes)]
+        else:
+            flagged_l, suspected, stats = data_driven_cut(losses_np, y_np, held_losses.cpu().numpy(),
+                                                          holdout.labels.cpu().numpy(), data.num_classes)
+        # score: probability the confused model gives the row's own label (higher = more suspicious)
+        own_prob = torch.sigmoid(torch.where(y == 1, logits, -logits)).cpu().numpy()
+        scores = np.zeros(len(data))
+        flagged = np.zeros(len(data), dtype=bool)
+        idx = labelled.cpu().numpy()
+        scores[idx] = own_prob
+        flagged[idx] = flagged_l
+        notes = []
+        if data.n_unlabelled:
+            notes.append(f"{data.n_unlabelled} unlabelled row(s) not inspected (score 0, never flagged)")
+        return DetectionResult("ct", scores=scores, flagged=flagged, suspected_classes=suspected,
+                               class_stats=stats, notes=notes)
+
+
+def ct_features(data: FeatureDataset, reserve: FeatureDataset, *, schedule: str | FeatureCTSchedule = "fast",
+                device: str | torch.device = "auto", seed: int = 0, progress: Progress | None = None,
+                cut: str = "data") -> DetectionResult:
+    """Run Confusion Training on feature rows; see :class:`FeatureConfusionTraining`."""
+    return FeatureConfusionTraining(schedule, "auto", device, seed, progress, cut).detect(data, reserve)
