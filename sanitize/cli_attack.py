@@ -105,37 +105,6 @@ def attack_params(name: str, data: ImageDataset, rate: float | None, cover_rate:
     return params
 
 
-def output_paths(data: ImageDataset, poisoned: PoisonedSet) -> list[str]:
-    """Where each sample goes in the poisoned folder.
-
-    Unmodified samples keep their path. Modified ones keep their file stem with a ``.png``
-    suffix, under the target class folder when their label changed. A name already taken gets
-    ``-from-<original class>`` (and a counter if needed) so nothing is overwritten.
-    """
-    modified = np.zeros(len(data), dtype=bool)
-    modified[poisoned.poison_indices] = True
-    modified[poisoned.cover_indices] = True
-    out = list(data.paths)
-    taken = {p for i, p in enumerate(data.paths) if not modified[i]}
-    old_labels = data.labels.cpu().numpy()
-    new_labels = poisoned.dataset.labels.cpu().numpy()
-    for i in np.flatnonzero(modified).tolist():
-        rel = PurePosixPath(data.paths[i])
-        parts = list(rel.parent.parts)
-        if new_labels[i] != old_labels[i]:
-            parts[0] = data.classes[int(new_labels[i])]
-        folder = PurePosixPath(*parts)
-        candidate = (folder / f"{rel.stem}.png").as_posix()
-        counter = 1
-        while candidate in taken:
-            tag = f"-from-{data.classes[int(old_labels[i])]}" + (f"-{counter}" if counter > 1 else "")
-            candidate = (folder / f"{rel.stem}{tag}.png").as_posix()
-            counter += 1
-        taken.add(candidate)
-        out[i] = candidate
-    return out
-
-
 def save_png(chw: torch.Tensor, path: Path) -> None:
     """Write a ``C x H x W`` uint8 tensor as PNG (grayscale or RGB)."""
     arr = chw.cpu().numpy()
@@ -176,7 +145,7 @@ def _json_params(params: dict[str, Any]) -> dict[str, Any]:
 
 def write_poisoned(data: ImageDataset, poisoned: PoisonedSet, directory: Path) -> list[str]:
     """Write the poisoned folder into ``directory`` (a staging folder); return each sample's path."""
-    paths = output_paths(data, poisoned)
+    paths = poisoned.dataset.paths
     modified = np.zeros(len(data), dtype=bool)
     modified[poisoned.poison_indices] = True
     modified[poisoned.cover_indices] = True

@@ -14,7 +14,7 @@ import shutil
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 from PIL import Image
@@ -88,7 +88,11 @@ def write_image_subset(dataset: ImageDataset, keep: Sequence[int] | np.ndarray, 
     for name in dataset.classes:
         (directory / name).mkdir(parents=True, exist_ok=True)
     images = None if dataset.root is not None else dataset.images.cpu()
+    labels = dataset.labels.cpu().numpy()
     for i in np.asarray(keep, dtype=np.int64).tolist():
+        if PurePosixPath(dataset.paths[i]).parts[0] != dataset.classes[labels[i]]:
+            # Written under another class folder, the sample would be read back with another label.
+            raise ValueError(f"{dataset.paths[i]} is labelled {dataset.classes[labels[i]]!r}: its folder must match")
         dst = directory / dataset.paths[i]
         dst.parent.mkdir(parents=True, exist_ok=True)
         if dataset.root is not None:

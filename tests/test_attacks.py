@@ -109,7 +109,12 @@ def test_counts_labels_and_untouched_samples(name: str, dataset: ImageDataset) -
     assert not changed[~touched].any()
     assert changed[touched].mean() >= (0.9 if name == "wanet" else 1.0)
     assert poisoned.dataset.images.shape == dataset.images.shape
-    assert poisoned.dataset.paths == dataset.paths
+    kept_paths = [poisoned.dataset.paths[i] for i in np.flatnonzero(~touched)]
+    assert kept_paths == [dataset.paths[i] for i in np.flatnonzero(~touched)]
+    labels = poisoned.dataset.labels.numpy()
+    # every sample sits under its label's folder, so writing the set keeps the poison labels
+    assert all(p.split("/")[0] == poisoned.dataset.classes[labels[i]] for i, p in enumerate(poisoned.dataset.paths))
+    assert len(set(poisoned.dataset.paths)) == n
 
 
 def test_inputs_are_not_modified(digits: ImageDataset) -> None:

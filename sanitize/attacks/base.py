@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
@@ -79,6 +79,11 @@ class PoisonedSet:
     clean_label: bool = False
     test_trigger: TestTrigger | None = field(default=None, repr=False, compare=False)
     stamps: list[Stamp] = field(default_factory=list, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        # Modified samples are new files: give them paths under their (possibly new) class folder,
+        # so writing ``dataset`` as an image folder keeps every poison sample's target label.
+        self.dataset.paths = relocated_paths(self.dataset, self.is_poison | self.is_cover)
 
     @property
     def is_poison(self) -> np.ndarray:
@@ -158,6 +163,34 @@ def scaled(base: float, size: tuple[int, int], minimum: int = 1) -> int:
 def groups(index: np.ndarray, k: int) -> list[np.ndarray]:
     """Split ``index`` into ``k`` near-equal consecutive groups (used for per-quarter triggers)."""
     return [np.asarray(g, dtype=np.int64) for g in np.array_split(np.asarray(index, dtype=np.int64), k)]
+
+
+def relocated_paths(dataset: ImageDataset, modified: np.ndarray) -> list[str]:
+    """Where each sample of a poisoned ``dataset`` lives in an image folder.
+
+    Unmodified samples keep their path. Modified ones keep their file stem with a ``.png`` suffix
+    (their pixels changed, so they are re-encoded losslessly), under the folder of their current
+    label. A name already taken gets ``-from-<original folder>`` (and a counter if needed) so
+    nothing is overwritten.
+    """
+    out = list(dataset.paths)
+    taken = {p for i, p in enumerate(out) if not modified[i]}
+    labels = dataset.labels.cpu().numpy()
+    for i in np.flatnonzero(modified).tolist():
+        rel = PurePosixPath(dataset.paths[i])
+        parts = list(rel.parent.parts) or [""]
+        origin = parts[0]
+        parts[0] = dataset.classes[int(labels[i])]
+        folder = PurePosixPath(*parts)
+        candidate = (folder / f"{rel.stem}.png").as_posix()
+        counter = 1
+        while candidate in taken:
+            tag = f"-from-{origin}" + (f"-{counter}" if counter > 1 else "")
+            candidate = (folder / f"{rel.stem}{tag}.png").as_posix()
+            counter += 1
+        taken.add(candidate)
+        out[i] = candidate
+    return out
 
 
 def rebuild(dataset: ImageDataset, images: torch.Tensor, labels: torch.Tensor) -> ImageDataset:
