@@ -21,6 +21,11 @@ class Detector(Protocol):
 
 _REGISTRY: dict[str, str] = {
     "ct": "sanitize.detectors.ct:ConfusionTraining",
+    "spectral": "sanitize.detectors.spectral:SpectralSignatures",
+    "activation-clustering": "sanitize.detectors.activation_clustering:ActivationClustering",
+    "strip": "sanitize.detectors.strip:STRIP",
+    "scan": "sanitize.detectors.scan:SCAn",
+    "spectre": "sanitize.detectors.spectre:SPECTRE",
 }
 
 
