@@ -36,7 +36,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 stdout = Console()
 stderr = Console(stderr=True)
 
-Detect = Callable[[ImageDataset, ImageDataset, Progress], DetectionResult]
+# The reserve is None only for commands whose detector works without one (``sanitize scan``).
+Detect = Callable[[ImageDataset, ImageDataset | None, Progress], DetectionResult]
 
 DataArg = Annotated[Path, typer.Argument(help="Image folder to inspect: one sub-folder per class.")]
 ReserveOpt = Annotated[Path, typer.Option("--reserve", "-r",
@@ -103,11 +104,11 @@ def gate(summary: dict, max_flagged_fraction: float = 0.0, fail_on_detect: bool 
             "reasons": reasons}
 
 
-def run_detector(detect: Detect, data_dir: Path, reserve_dir: Path, opts: RunOptions) -> int:
-    """load -> detect -> decide -> write, shared by every detector command."""
+def run_detector(detect: Detect, data_dir: Path, reserve_dir: Path | None, opts: RunOptions) -> int:
+    """load -> detect -> decide -> write, shared by every detector command (``reserve_dir`` may be None)."""
     out = check_out_dir(opts.out, [data_dir, reserve_dir], opts.force)
     data = load_image_folder(data_dir, size=parse_size(opts.size))
-    reserve = load_reserve(reserve_dir, data)
+    reserve = load_reserve(reserve_dir, data) if reserve_dir is not None else None
     quiet = opts.quiet or opts.json_only
     bars = RichProgress() if not quiet else nullcontext(Silent())
     with bars as progress:
@@ -134,7 +135,8 @@ def print_summary(report: dict, out: Path) -> None:
     table.add_row("time", f"{summary['seconds']:.1f} s on {summary['device']}")
     settings = summary.get("settings", {})
     if settings:
-        table.add_row("settings", ", ".join(f"{k}={settings[k]}" for k in ("schedule", "arch") if k in settings))
+        shown = ("schedule", "arch", "budget", "frr")
+        table.add_row("settings", ", ".join(f"{k}={settings[k]}" for k in shown if k in settings))
     for note in summary["notes"]:
         table.add_row("note", note)
     gate_result = summary.get("gate")
@@ -239,7 +241,11 @@ def _register_subcommands() -> None:
                 raise
 
 
-_register_subcommands()
+# Run as ``python -m sanitize.cli`` this file is ``__main__``, a second copy of the module; command
+# modules import ``sanitize.cli`` for the shared options, so only the package copy registers them
+# and ``__main__`` hands over to it (otherwise the two copies import each other half-initialised).
+if __name__ != "__main__":
+    _register_subcommands()
 
 
 def _usage_error_message(exc: BaseException) -> str | None:
@@ -282,4 +288,6 @@ def _fail(message: str) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from sanitize.cli import main as package_main
+
+    package_main()
