@@ -38,7 +38,8 @@ stdout = Console()
 stderr = Console(stderr=True)
 
 Dataset = ImageDataset | FeatureDataset
-Detect = Callable[[Dataset, Dataset, Progress], DetectionResult]
+# The reserve is None only for commands whose detector works without one (``sanitize scan``).
+Detect = Callable[[Dataset, Dataset | None, Progress], DetectionResult]
 
 DataArg = Annotated[Path, typer.Argument(help="Data to inspect: an image folder (one sub-folder per class) or "
                                               "feature rows (EMBER X_*.dat folder, .npz/.npy, raw .jsonl).")]
@@ -110,16 +111,16 @@ def gate(summary: dict, max_flagged_fraction: float = 0.0, fail_on_detect: bool 
             "reasons": reasons}
 
 
-def load_inputs(data_dir: Path, reserve_dir: Path, opts: RunOptions) -> tuple[Dataset, Dataset]:
+def load_inputs(data_dir: Path, reserve_dir: Path | None, opts: RunOptions) -> tuple[Dataset, Dataset | None]:
     """The inspected data and its reserve, read as the kind ``opts.format`` names (or detected)."""
     kind = detect_format(data_dir) if opts.format == "auto" else opts.format
     if kind == "images":
         data = load_image_folder(data_dir, size=parse_size(opts.size))
-        return data, load_reserve(reserve_dir, data)
+        return data, load_reserve(reserve_dir, data) if reserve_dir is not None else None
     if opts.size is not None:
         raise SanitizeError("--size applies to image folders, not feature rows")
     data = load_features(data_dir, kind)
-    return data, load_feature_reserve(reserve_dir, data)
+    return data, load_feature_reserve(reserve_dir, data) if reserve_dir is not None else None
 
 
 def write_kept(data: Dataset, keep, directory: Path) -> None:
@@ -130,8 +131,8 @@ def write_kept(data: Dataset, keep, directory: Path) -> None:
         write_image_subset(data, keep, directory)
 
 
-def run_detector(detect: Detect, data_dir: Path, reserve_dir: Path, opts: RunOptions) -> int:
-    """load -> detect -> decide -> write, shared by every detector command."""
+def run_detector(detect: Detect, data_dir: Path, reserve_dir: Path | None, opts: RunOptions) -> int:
+    """load -> detect -> decide -> write, shared by every detector command (``reserve_dir`` may be None)."""
     out = check_out_dir(opts.out, [data_dir, reserve_dir], opts.force)
     data, reserve = load_inputs(data_dir, reserve_dir, opts)
     quiet = opts.quiet or opts.json_only
@@ -160,7 +161,8 @@ def print_summary(report: dict, out: Path) -> None:
     table.add_row("time", f"{summary['seconds']:.1f} s on {summary['device']}")
     settings = summary.get("settings", {})
     if settings:
-        table.add_row("settings", ", ".join(f"{k}={settings[k]}" for k in ("schedule", "arch") if k in settings))
+        shown = ("schedule", "arch", "budget", "frr")
+        table.add_row("settings", ", ".join(f"{k}={settings[k]}" for k in shown if k in settings))
     for note in summary["notes"]:
         table.add_row("note", note)
     gate_result = summary.get("gate")
@@ -272,7 +274,11 @@ def _register_subcommands() -> None:
                 raise
 
 
-_register_subcommands()
+# Run as ``python -m sanitize.cli`` this file is ``__main__``, a second copy of the module; command
+# modules import ``sanitize.cli`` for the shared options, so only the package copy registers them
+# and ``__main__`` hands over to it (otherwise the two copies import each other half-initialised).
+if __name__ != "__main__":
+    _register_subcommands()
 
 
 def _usage_error_message(exc: BaseException) -> str | None:
@@ -315,4 +321,6 @@ def _fail(message: str) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from sanitize.cli import main as package_main
+
+    package_main()

@@ -21,6 +21,11 @@ class Detector(Protocol):
 
 _REGISTRY: dict[str, str] = {
     "ct": "sanitize.detectors.ct:ConfusionTraining",
+    "spectral": "sanitize.detectors.spectral:SpectralSignatures",
+    "activation-clustering": "sanitize.detectors.activation_clustering:ActivationClustering",
+    "strip": "sanitize.detectors.strip:STRIP",
+    "scan": "sanitize.detectors.scan:SCAn",
+    "spectre": "sanitize.detectors.spectre:SPECTRE",
 }
 
 
@@ -33,9 +38,14 @@ def available_detectors() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def get_detector(name: str, **settings: Any) -> Detector:
-    """A configured detector by registry name, e.g. ``get_detector("ct", seed=1, device="cpu")``."""
+def detector_class(name: str) -> type:
+    """The detector class registered as ``name`` (to inspect which settings it takes)."""
     if name not in _REGISTRY:
         raise SanitizeError(f"unknown detector {name!r}; choose from {', '.join(available_detectors())}")
     module, _, attr = _REGISTRY[name].partition(":")
-    return getattr(import_module(module), attr)(**settings)
+    return getattr(import_module(module), attr)
+
+
+def get_detector(name: str, **settings: Any) -> Detector:
+    """A configured detector by registry name, e.g. ``get_detector("ct", seed=1, device="cpu")``."""
+    return detector_class(name)(**settings)

@@ -1,0 +1,104 @@
+"""``sanitize scan METHOD DATA``: the passive baselines behind the same contract as ``sanitize ct``.
+
+Same inputs, same report schema (``method`` is the baseline's name), same exit codes and CI gate.
+Every method trains one ordinary model on DATA first, cached by content (``--cache-dir``), so
+running several methods on one folder trains once.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from .cli import (
+    DataArg,
+    DeviceOpt,
+    FailOnDetectOpt,
+    ForceOpt,
+    JsonOnlyOpt,
+    MaxFlaggedOpt,
+    OutOpt,
+    QuietOpt,
+    RunOptions,
+    SeedOpt,
+    SizeOpt,
+    run_detector,
+)
+from .data import ImageDataset
+from .errors import SanitizeError
+from .progress import Progress
+from .result import DetectionResult
+
+SCAN_METHODS = ("spectral", "activation-clustering", "strip", "scan", "spectre")
+BUDGET_METHODS = ("spectral", "spectre")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("scan")(scan_command)
+
+
+def scan_settings(method: str, budget: float | None, frr: float | None, arch: str, epochs: int | None,
+                  cache_dir: Path | None) -> dict:
+    """Detector keyword arguments for ``method``; options that do not apply are refused."""
+    if method not in SCAN_METHODS:
+        raise SanitizeError(f"unknown method {method!r}; choose from {', '.join(SCAN_METHODS)}")
+    settings: dict = {"arch": arch, "epochs": epochs, "cache_dir": cache_dir}
+    if budget is not None:
+        if method not in BUDGET_METHODS:
+            raise SanitizeError(f"--budget applies to {' and '.join(BUDGET_METHODS)}, not {method}")
+        settings["budget"] = budget
+    if frr is not None:
+        if method != "strip":
+            raise SanitizeError(f"--frr applies to strip, not {method}")
+        settings["frr"] = frr
+    if epochs is not None and epochs < 1:
+        raise SanitizeError(f"--epochs {epochs}: expected a positive number")
+    return settings
+
+
+def scan_command(
+    method: Annotated[str, typer.Argument(help=f"Baseline: {', '.join(SCAN_METHODS)} (see docs/baselines.md).")],
+    data: DataArg,
+    out: OutOpt,
+    reserve: Annotated[Path | None, typer.Option(
+        "--reserve", "-r", help="Trusted clean images (required by scan; strip uses them for its threshold).")
+    ] = None,
+    budget: Annotated[float | None, typer.Option(
+        help="spectral/spectre: fraction of every class removed (default 0.3).")] = None,
+    frr: Annotated[float | None, typer.Option(
+        help="strip: false rejection rate on clean data that sets the threshold (default 0.01).")] = None,
+    arch: Annotated[str, typer.Option(help="Model trained on DATA: auto (resnet18 on a GPU at >= 32 px, "
+                                           "else small_cnn) or a registered architecture.")] = "auto",
+    epochs: Annotated[int | None, typer.Option(help="Training epochs (default: by dataset size).")] = None,
+    cache_dir: Annotated[Path | None, typer.Option(
+        "--cache-dir", help="Where trained models are cached (default: $SANITIZE_CACHE or ~/.cache/sanitize).")
+    ] = None,
+    device: DeviceOpt = "auto",
+    seed: SeedOpt = 0,
+    size: SizeOpt = None,
+    force: ForceOpt = False,
+    quiet: QuietOpt = False,
+    json_only: JsonOnlyOpt = False,
+    max_flagged_fraction: MaxFlaggedOpt = 0.0,
+    fail_on_detect: FailOnDetectOpt = False,
+) -> int:
+    """Passive baselines: Spectral Signatures, Activation Clustering, STRIP, SCAn, SPECTRE."""
+    from .detectors import get_detector
+    from .devices import resolve_device
+    from .models import available_models
+
+    settings = scan_settings(method, budget, frr, arch, epochs, cache_dir)
+    if arch != "auto" and arch not in available_models():
+        raise SanitizeError(f"unknown --arch {arch!r}; choose from auto, {', '.join(available_models())}")
+    resolve_device(device)
+    if method == "scan" and reserve is None:
+        raise SanitizeError("scan needs a trusted clean reserve: pass --reserve")
+    get_detector(method, device=device, seed=seed, **settings).check()
+
+    def detect(d: ImageDataset, r: ImageDataset | None, progress: Progress) -> DetectionResult:
+        return get_detector(method, device=device, seed=seed, progress=progress, **settings).detect(d, r)
+
+    return run_detector(detect, data, reserve, RunOptions(out, force, size, quiet, json_only, max_flagged_fraction,
+                                                          fail_on_detect))
