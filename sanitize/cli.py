@@ -24,6 +24,7 @@ from rich.table import Table
 
 from .data import ImageDataset, load_image_folder, load_reserve
 from .errors import SanitizeError
+from .html_report import write_html_report
 from .output import check_out_dir, staged_output, write_image_subset
 from .progress import Progress, RichProgress, Silent
 from .report import build_report, read_report, write_report
@@ -54,6 +55,8 @@ MaxFlaggedOpt = Annotated[float, typer.Option(
     "--max-flagged-fraction", help="Exit 1 only when more than this fraction is flagged (0: any flag).")]
 FailOnDetectOpt = Annotated[bool, typer.Option(
     "--fail-on-detect", help="Exit 1 whenever a target class is suspected, whatever the flagged fraction.")]
+HtmlOpt = Annotated[bool, typer.Option(
+    "--html/--no-html", help="Also write report.html, a self-contained page with thumbnails and histograms.")]
 
 
 def parse_size(size: str | None) -> tuple[int, int] | None:
@@ -79,6 +82,7 @@ class RunOptions:
     json_only: bool = False
     max_flagged_fraction: float = 0.0
     fail_on_detect: bool = False
+    html: bool = True
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.max_flagged_fraction <= 1.0:
@@ -118,6 +122,8 @@ def run_detector(detect: Detect, data_dir: Path, reserve_dir: Path, opts: RunOpt
     with staged_output(out) as staging:
         write_image_subset(data, result.kept_indices, staging)
         write_report(report, staging)
+        if opts.html:
+            write_html_report(report, staging, images=data.images)
     if opts.json_only:
         print(json.dumps({"summary": report["summary"], "out": str(out)}))
     elif not quiet:
@@ -161,6 +167,7 @@ def ct_command(
     json_only: JsonOnlyOpt = False,
     max_flagged_fraction: MaxFlaggedOpt = 0.0,
     fail_on_detect: FailOnDetectOpt = False,
+    html: HtmlOpt = True,
 ) -> int:
     """Confusion Training (Qi et al., USENIX Security 2023): flag poison samples in DATA."""
     from .detectors.ct import ConfusionTraining, get_schedule
@@ -176,7 +183,7 @@ def ct_command(
         return ConfusionTraining(schedule, arch, device, seed, progress).detect(d, r)
 
     return run_detector(detect, data, reserve, RunOptions(out, force, size, quiet, json_only, max_flagged_fraction,
-                                                          fail_on_detect))
+                                                          fail_on_detect, html))
 
 
 @app.command("demo")
