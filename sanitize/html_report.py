@@ -305,7 +305,7 @@ def _summary_section(report: dict[str, Any]) -> str:
 def _classes_section(report: dict[str, Any], names: list[str], counts: dict[str, tuple[int, int]]) -> str:
     extra: list[str] = []
     for entry in report.get("classes", []):
-        extra += [k for k in entry if k not in ("name", "suspected") and k not in extra]
+        extra += [k for k in entry if k not in ("name", "suspected", "n_samples") and k not in extra]
     suspected = set(report["summary"]["suspected_classes"])
     head = "".join(f"<th>{_e(k)}</th>" for k in ["class", "samples", "flagged", "suspected", *extra])
     by_name = {c["name"]: c for c in report.get("classes", [])}
