@@ -291,7 +291,7 @@ def _summary_section(report: dict[str, Any]) -> str:
             ("seed", _e(s["seed"])),
             ("device", _e(s["device"])),
             ("input", _e(s.get("input") or "(in memory)")),
-            ("versions", _e(", ".join(f"{k} {v}" for k, v in s.get("versions", {}).items()))),
+            ("versions", _e(", ".join(f"{k} {v}" for k, v in s.get("versions", {}).items()) or "–")),
             ("settings", "<br>".join(f"<code>{_e(k)}</code> = {_fmt(v)}" for k, v in settings.items()) or "–")]
     notes = "".join(f"<li>{_e(n)}</li>" for n in s.get("notes", []))
     timings = "".join(f"<tr><td>{_e(k)}</td><td class='num'>{v:.2f}</td></tr>" for k, v in s.get("timings", {}).items())
