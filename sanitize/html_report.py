@@ -124,7 +124,7 @@ def class_threshold(report: dict[str, Any], name: str) -> tuple[float | None, st
     return None, "nothing flagged"
 
 
-def _mean_image(images: np.ndarray, mask: np.ndarray, chunk: int = 4096) -> np.ndarray | None:
+def _mean_image(images: np.ndarray, mask: np.ndarray, chunk: int = 1024) -> np.ndarray | None:
     """Mean of ``images[mask]`` in float64, in chunks so a 50k-image set never doubles in memory."""
     idx = np.flatnonzero(mask)
     if len(idx) == 0:
