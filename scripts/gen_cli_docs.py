@@ -12,6 +12,7 @@ CLI's dataclasses cannot be built that way. Help texts are copied as plain text.
 from __future__ import annotations
 
 import argparse
+import inspect
 import sys
 from pathlib import Path
 
@@ -25,12 +26,23 @@ HEADER = ("<!-- Generated from the Typer app by `python scripts/gen_cli_docs.py`
           "     sanitize/cli*.py, not this file. tests/test_docs.py fails when it is stale. -->\n\n")
 
 
+def _in_checkout(command) -> bool:
+    """Whether a command's code lives in this checkout. An editable install of another checkout
+    can make ``sanitize.cli_<name>`` modules of that checkout importable here; the reference
+    documents this one."""
+    callbacks = [command.callback, *(c.callback for c in getattr(command, "commands", {}).values())]
+    files = [inspect.getsourcefile(inspect.unwrap(cb)) for cb in callbacks if cb is not None]
+    return not files or any(Path(f).resolve().is_relative_to(ROOT) for f in files)
+
+
 def render() -> str:
     """The Markdown reference of the ``sanitize`` command and all its sub-commands."""
     sys.path.insert(0, str(ROOT))
     from sanitize.cli import app
 
     command = typer.main.get_command(app)
+    for name in [n for n, c in command.commands.items() if not _in_checkout(c)]:
+        del command.commands[name]
     ctx = typer.Context(command, info_name="sanitize")
     ctx.ensure_object(dict)[MARKUP_MODE_KEY] = None  # plain help text: Markdown, not HTML entities
     body = get_docs_for_click(obj=command, ctx=ctx, name="sanitize", title="sanitize CLI reference")
