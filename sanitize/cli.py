@@ -25,6 +25,7 @@ from rich.table import Table
 from .data import ImageDataset, load_image_folder, load_reserve
 from .errors import SanitizeError
 from .features import FORMATS, FeatureDataset, detect_format, load_feature_reserve, load_features, write_features
+from .html_report import write_html_report
 from .output import check_out_dir, staged_output, write_image_subset
 from .progress import Progress, RichProgress, Silent
 from .report import build_report, read_report, write_report
@@ -59,6 +60,8 @@ MaxFlaggedOpt = Annotated[float, typer.Option(
     "--max-flagged-fraction", help="Exit 1 only when more than this fraction is flagged (0: any flag).")]
 FailOnDetectOpt = Annotated[bool, typer.Option(
     "--fail-on-detect", help="Exit 1 whenever a target class is suspected, whatever the flagged fraction.")]
+HtmlOpt = Annotated[bool, typer.Option(
+    "--html/--no-html", help="Also write report.html, a self-contained page with thumbnails and histograms.")]
 
 
 def parse_size(size: str | None) -> tuple[int, int] | None:
@@ -85,6 +88,7 @@ class RunOptions:
     max_flagged_fraction: float = 0.0
     fail_on_detect: bool = False
     format: str = "auto"  # input kind: auto | images | ember | npz | jsonl
+    html: bool = True  # also write the self-contained report.html
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.max_flagged_fraction <= 1.0:
@@ -131,6 +135,14 @@ def write_kept(data: Dataset, keep, directory: Path) -> None:
         write_image_subset(data, keep, directory)
 
 
+def write_html(report: dict, data: Dataset, directory: Path) -> None:
+    """report.html with the evidence the data allows: thumbnails and triggers, or feature contrasts."""
+    if isinstance(data, FeatureDataset):
+        write_html_report(report, directory, features=data.X, feature_names=data.feature_names)
+    else:
+        write_html_report(report, directory, images=data.images)
+
+
 def run_detector(detect: Detect, data_dir: Path, reserve_dir: Path | None, opts: RunOptions) -> int:
     """load -> detect -> decide -> write, shared by every detector command (``reserve_dir`` may be None)."""
     out = check_out_dir(opts.out, [data_dir, reserve_dir], opts.force)
@@ -145,6 +157,8 @@ def run_detector(detect: Detect, data_dir: Path, reserve_dir: Path | None, opts:
     with staged_output(out) as staging:
         write_kept(data, result.kept_indices, staging)
         write_report(report, staging)
+        if opts.html:
+            write_html(report, data, staging)
     if opts.json_only:
         print(json.dumps({"summary": report["summary"], "out": str(out)}))
     elif not quiet:
@@ -191,6 +205,7 @@ def ct_command(
     max_flagged_fraction: MaxFlaggedOpt = 0.0,
     fail_on_detect: FailOnDetectOpt = False,
     fmt: FormatOpt = "auto",
+    html: HtmlOpt = True,
 ) -> int:
     """Confusion Training (Qi et al., USENIX Security 2023): flag poison samples in DATA."""
     from .detectors.ct import ConfusionTraining, get_schedule
@@ -211,7 +226,7 @@ def ct_command(
         return ConfusionTraining(schedule, arch, device, seed, progress).detect(d, r)
 
     return run_detector(detect, data, reserve, RunOptions(out, force, size, quiet, json_only, max_flagged_fraction,
-                                                          fail_on_detect, fmt))
+                                                          fail_on_detect, fmt, html))
 
 
 @app.command("demo")

@@ -105,6 +105,12 @@ class FeatureDataset:
     def feature_version(self) -> int | None:
         return ember.version_for_dim(self.dim)
 
+    @property
+    def feature_names(self) -> list[str] | None:
+        """EMBER's column names when the width is an EMBER feature version, else None."""
+        version = self.feature_version
+        return None if version is None else ember.feature_names(version)
+
     def to(self, device: torch.device | str) -> FeatureDataset:
         """The same rows on ``device`` (no copy when already there, e.g. a CPU memory map)."""
         stats = None if self._stats is None else tuple(s.to(device) for s in self._stats)

@@ -1,7 +1,8 @@
 """report.json and flagged.csv: what was flagged, why, and how the run was made.
 
-The JSON schema is stable and documented in ``docs/report.md``; CI pipelines read ``summary``
-and the exit code, people read ``flagged.csv`` (most suspicious first).
+The JSON schema is stable, documented in ``docs/report.md`` and shipped as a JSON Schema file
+(``sanitize/schemas/report.schema.json``, see :func:`report_schema`); CI pipelines read ``summary``
+and the exit code, people read ``flagged.csv`` (most suspicious first) and ``report.html``.
 """
 
 from __future__ import annotations
@@ -85,6 +86,13 @@ def write_report(report: dict[str, Any], directory: Path) -> None:
         writer.writerow(["path", "label", "score"])
         for s in flagged:
             writer.writerow([s["path"], s["label"], f"{s['score']:.6g}"])
+
+
+def report_schema() -> dict[str, Any]:
+    """The JSON Schema (draft 2020-12) of report.json, as shipped inside the package."""
+    from importlib.resources import files
+
+    return json.loads(files("sanitize").joinpath("schemas/report.schema.json").read_text(encoding="utf-8"))
 
 
 def read_report(path: str | Path) -> dict[str, Any]:

@@ -44,6 +44,31 @@ def shared_loader():
     return module
 
 
+def assert_valid_report(report: dict) -> None:
+    """``report`` (a report.json dict) follows the shipped JSON Schema and is self-consistent.
+
+    Every detector's tests call this on a report it wrote. Beyond the schema it checks what a
+    schema cannot: counts match the samples, suspected classes are class labels, scores are finite.
+    """
+    import math
+
+    jsonschema = pytest.importorskip("jsonschema", reason="jsonschema is in the test extra: pip install -e .[test]")
+    from sanitize.report import report_schema
+
+    schema = report_schema()
+    jsonschema.Draft202012Validator.check_schema(schema)
+    errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(report), key=lambda e: list(e.path))
+    assert not errors, "report.json does not follow the schema:\n" + "\n".join(
+        f"  at {'/'.join(map(str, e.path)) or '(top)'}: {e.message}" for e in errors[:10])
+    summary, samples = report["summary"], report["samples"]
+    assert summary["n_samples"] == len(samples)
+    assert summary["n_flagged"] == sum(s["flagged"] for s in samples)
+    assert math.isclose(summary["flagged_fraction"], summary["n_flagged"] / max(1, len(samples)))
+    assert set(summary["suspected_classes"]) <= {s["label"] for s in samples} | {c["name"] for c in report["classes"]}
+    assert all(math.isfinite(s["score"]) for s in samples), "scores must be finite numbers"
+    assert len({s["path"] for s in samples}) == len(samples), "sample paths must be unique"
+
+
 def run_cli(*args: str) -> int:
     with pytest.raises(SystemExit) as exit_info:
         main([str(a) for a in args])
