@@ -93,6 +93,17 @@ def digits_folders(tmp_path_factory) -> tuple[Path, Path, set[str]]:
     return root / "data", root / "reserve", truth
 
 
+@pytest.fixture(scope="session")
+def ct_digits_run(digits_folders, tmp_path_factory) -> tuple[Path, int, str]:
+    """One real CT run through the CLI on the poisoned digits, shared by the tests that read its
+    outputs (about a minute on 2 CPU cores): (out folder, exit code, input digest before the run)."""
+    data, reserve, _ = digits_folders
+    before = tree_digest(data)
+    out = tmp_path_factory.mktemp("ct") / "cleaned"
+    code = run_cli("ct", data, "--reserve", reserve, "--out", out, "--device", "cpu", "--quiet")
+    return out, code, before
+
+
 def bad_input_cases(command: str, root: Path, data: Path, reserve: Path) -> dict[str, list[str]]:
     """The bad inputs every detector command must refuse with exit 2 and one line."""
     empty = root / "empty"

@@ -15,11 +15,9 @@ from sanitize.output import write_image_subset
 from .conftest import bad_input_cases, run_cli, tree_digest
 
 
-def test_ct_cli_end_to_end(digits_folders, tmp_path) -> None:
+def test_ct_cli_end_to_end(digits_folders, ct_digits_run, tmp_path) -> None:
     data, reserve, truth = digits_folders
-    before = tree_digest(data)
-    out = tmp_path / "cleaned"
-    code = run_cli("ct", data, "--reserve", reserve, "--out", out, "--device", "cpu", "--quiet")
+    out, code, before = ct_digits_run
     assert tree_digest(data) == before  # the input is never modified
 
     report = json.loads((out / "report.json").read_text())
@@ -52,7 +50,7 @@ def test_ct_cli_end_to_end(digits_folders, tmp_path) -> None:
     kept = {p.relative_to(out).as_posix() for p in out.rglob("*.png")}
     assert kept == {s["path"] for s in samples} - flagged
     assert sorted(p.name for p in out.iterdir() if p.is_dir()) == sorted(p.name for p in data.iterdir() if p.is_dir())
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".cleaned")]  # no staging leftovers
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(".cleaned")]  # no staging leftovers
 
     # --out exists: refused without --force, nothing touched
     assert run_cli("ct", data, "--reserve", reserve, "--out", out, "--device", "cpu", "-q") == 2

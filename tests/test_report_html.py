@@ -30,7 +30,7 @@ from sanitize.html_report import (
 )
 from sanitize.result import DetectionResult
 
-from .conftest import assert_valid_report, run_cli
+from .conftest import assert_valid_report
 
 CHROMIUM = next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
 needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="headless browser test: chromium is not installed "
@@ -235,11 +235,9 @@ def test_double_report_renders_in_chromium(double_out, tmp_path) -> None:
 
 
 @pytest.fixture(scope="module")
-def ct_out(digits_folders, tmp_path_factory) -> Path:
-    """A real CT run through the CLI on the poisoned digits (about a minute on 2 CPU cores)."""
-    data, reserve, _ = digits_folders
-    out = tmp_path_factory.mktemp("ct") / "cleaned"
-    code = run_cli("ct", data, "--reserve", reserve, "--out", out, "--device", "cpu", "-q")
+def ct_out(ct_digits_run) -> Path:
+    """The shared real CT run through the CLI on the poisoned digits (conftest.ct_digits_run)."""
+    out, code, _ = ct_digits_run
     assert code in (0, 1)
     return out
 
