@@ -87,17 +87,20 @@ REFERENCE = AssetSchedule(
     ao_on="prob",
 )
 
-# Same offset loop; a short one-cycle extractor (it only has to learn the trigger as a feature)
-# and, on small datasets, a floor on the number of extractor and offset steps: one pass over
-# 1,300 digits is three offset steps, far too few to move a fresh model.
+# Our schedule (calibrated on digits, docs/asset.md): a short one-cycle extractor (it only has
+# to learn the trigger as a feature); at least 120 offset steps (one pass over 1,300 digits is
+# three steps, far too few to move a fresh model; 120 found a 5 % blend that 60 missed) with a
+# 10x larger Adam lr; 50 MLP steps at lr 2e-3 instead of 100 at 1e-4 (100 steps at 1e-4 leave
+# the MLP near 0.5 everywhere, and the MLP is most of the loop's cost on a CPU).
 FAST = AssetSchedule(
     name="fast",
     base=TrainSpec(epochs=16, batch_size=512, lr=0.2, momentum=0.9, weight_decay=5e-4, augment=True,
                    lr_schedule="onecycle", nesterov=True),
     min_base_steps=400,
-    min_offset_steps=60,
+    min_offset_steps=120,
     lr=1e-3,
-    mlp_lr=1e-3,
+    mlp_steps=50,
+    mlp_lr=2e-3,
 )
 
 SCHEDULES = {s.name: s for s in (FAST, REFERENCE)}
@@ -307,8 +310,20 @@ class OffsetLog:
 
 def offset_loop(offset: nn.Module, data_x: torch.Tensor, data_y: torch.Tensor, reserve_x: torch.Tensor,
                 d_feats: torch.Tensor, r_feats: torch.Tensor, schedule: AssetSchedule, prep: Callable,
-                gen: torch.Generator, advance: Callable[[], None], bn_mode: str = "reserve") -> OffsetLog:
-    """Alternate ``l_min`` on the reserve and ``l_max`` on the concentrated part of each D batch."""
+                gen: torch.Generator, advance: Callable[[], None], bn_mode: str = "batch-frozen") -> OffsetLog:
+    """Alternate ``l_min`` on the reserve and ``l_max`` on the concentrated part of each D batch.
+
+    Batch norm in the max step (``bn_mode``):
+
+    * ``batch-frozen`` (default): normalise the selected samples with their own batch statistics,
+      as the demo does, but leave the running averages, which the min steps fill from reserve
+      batches, untouched. Scoring then uses clean statistics for every sample.
+    * ``reserve``: normalise with the running (reserve) statistics. This lets the max step pass a
+      constant shift straight to the logits, and it learns "lower the label's logit for
+      everything" instead of the trigger (measured in ``docs/asset.md``).
+    * ``batch``: the demo: batch statistics that also update the running averages, and scoring
+      in train mode.
+    """
     device = data_x.device
     n = len(data_y)
     steps = schedule.offset_steps(n)
@@ -354,7 +369,8 @@ def _nullctx() -> Iterator[None]:
 
 
 @torch.no_grad()
-def per_sample_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, prep: Callable, bn_mode: str = "reserve",
+def per_sample_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, prep: Callable,
+                    bn_mode: str = "batch-frozen",
                     batch_size: int = 1024) -> torch.Tensor:
     """Cross-entropy of every sample under its label, with the running (reserve) BN statistics.
 
@@ -449,7 +465,7 @@ class ASSET:
     mlp_steps: int | None = None
     ao_cut: float | None = None
     epsilon: float | None = None
-    bn_mode: str = "reserve"  # "batch": the demo's batch-norm behaviour, for measurement only
+    bn_mode: str = "batch-frozen"  # see offset_loop; "batch" is the demo's behaviour, for measurement only
     model_factory: ModelFactory | None = None
     preprocess: Callable | None = None
     augment: bool | None = None
@@ -501,11 +517,9 @@ class ASSET:
                               gen, adv, self.bn_mode)
         with timer("score"), progress.phase("score", 1) as adv:
             losses = per_sample_loss(offset, data.images, data.labels, prep, self.bn_mode).cpu().numpy()
-            self._reserve_losses = per_sample_loss(offset, reserve.images, reserve.labels, prep).cpu().numpy()
-            shift = None
-            if self.calibrate:
-                shift = class_log_loss_medians(self._reserve_losses, reserve.labels.cpu().numpy(), data.num_classes)
-                shift = shift[data.labels.cpu().numpy()]
+            reserve_losses = per_sample_loss(offset, reserve.images, reserve.labels, prep, self.bn_mode).cpu().numpy()
+            class_shift = class_log_loss_medians(reserve_losses, reserve.labels.cpu().numpy(), data.num_classes)
+            shift = class_shift[data.labels.cpu().numpy()] if self.calibrate else None
             flagged, fit = loss_threshold(losses, schedule.epsilon, shift)
             adv()
         labels = data.labels.cpu().numpy()
@@ -515,6 +529,7 @@ class ASSET:
         n_flag = np.bincount(labels[flagged], minlength=c)
         stats = [{"class": k, "n_samples": int(sizes[k]), "n_flagged": int(n_flag[k]),
                   "median_loss": float(np.median(losses[labels == k])) if sizes[k] else None,
+                  "reserve_median_log_loss": float(class_shift[k]),
                   "suspected": k in suspected} for k in range(c)]
         result = DetectionResult("asset", scores=losses, flagged=flagged, suspected_classes=suspected,
                                  class_stats=stats)
@@ -522,7 +537,7 @@ class ASSET:
         result.seed = self.seed
         result.device = describe(device)
         result.settings = {"schedule": schedule.name, "arch": arch, **_schedule_settings(schedule),
-                           "bn_mode": self.bn_mode, "offset_steps": log.steps,
+                           "bn_mode": self.bn_mode, "calibrate": self.calibrate, "offset_steps": log.steps,
                            "empty_selections": log.empty_selections, "selected_total": log.selected,
                            "threshold": fit,
                            "precision": "bf16 autocast" if device.type == "cuda" else "float32"}
