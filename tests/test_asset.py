@@ -6,6 +6,7 @@ import csv
 import json
 import subprocess
 import sys
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -71,7 +72,8 @@ def test_clean_digits_flag_at_most_one_percent() -> None:
 
 def tiny() -> object:
     """A short schedule for contract and determinism checks (seconds, not minutes)."""
-    return with_overrides(FAST, min_base_steps=20, min_offset_steps=4, mlp_steps=10)
+    return with_overrides(FAST, base=replace(FAST.base, epochs=1), min_base_steps=20, min_offset_steps=4,
+                          mlp_steps=10)
 
 
 def test_same_seed_same_flags_on_cpu() -> None:
