@@ -21,6 +21,7 @@ class Detector(Protocol):
 
 _REGISTRY: dict[str, str] = {
     "ct": "sanitize.detectors.ct:ConfusionTraining",
+    "asset": "sanitize.detectors.asset:ASSET",
     "spectral": "sanitize.detectors.spectral:SpectralSignatures",
     "activation-clustering": "sanitize.detectors.activation_clustering:ActivationClustering",
     "strip": "sanitize.detectors.strip:STRIP",

@@ -1,0 +1,102 @@
+#!/usr/bin/env python3
+"""Benchmark ASSET on CIFAR-10: BadNet and Blend at 1 %, SIG at 2 %; TPR, FPR and seconds per phase.
+
+Data: the offline CIFAR-10 copy in ``../shared/data`` (or ``--data-dir``), loaded with its
+``load.py``. The inspected set is the first ``--limit`` images of the ``--train-parts`` (all
+50,000 by default), poisoned by each attack (target class 0); the trusted reserve is the first
+``--reserve`` images of the official test split.
+
+    python benchmarks/asset_cifar10.py                                   # all attacks, 50,000 images
+    python benchmarks/asset_cifar10.py --train-parts 0 --limit 2500 --attacks badnet:0.01 --device cpu
+
+Prints one Markdown table row per run and, with ``--json``, writes every figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+from common import CLASSES, DEFAULT_DATA_DIR, load_module
+
+from sanitize import asset, from_arrays
+from sanitize.attacks import ATTACKS
+
+DEFAULT_ATTACKS = ["badnet:0.01", "blend:0.01", "sig:0.02"]
+
+
+def parse_attack(spec: str) -> tuple[str, float]:
+    name, _, rate = spec.partition(":")
+    if name not in ATTACKS or not rate:
+        sys.exit(f"--attacks {spec!r}: expected NAME:RATE with NAME in {', '.join(ATTACKS)}")
+    return name, float(rate)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
+    ap.add_argument("--train-parts", type=int, nargs="*", default=None, help="CIFAR parts (10,000 each)")
+    ap.add_argument("--limit", type=int, default=None, help="first N training images")
+    ap.add_argument("--reserve", type=int, default=1000)
+    ap.add_argument("--attacks", nargs="+", default=DEFAULT_ATTACKS, help="NAME:RATE, e.g. blend:0.01")
+    ap.add_argument("--schedules", nargs="+", default=["fast"])
+    ap.add_argument("--arch", default="auto")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--json", type=Path, default=None)
+    args = ap.parse_args()
+
+    if not (args.data_dir / "load.py").exists():
+        sys.exit(f"no CIFAR-10 data under {args.data_dir} (pass --data-dir)")
+    attacks = [parse_attack(a) for a in args.attacks]
+    loader = load_module(args.data_dir)
+    t0 = time.perf_counter()
+    x, y = loader.load("cifar10", "train", args.train_parts)
+    x, y = x[: args.limit], y[: args.limit]
+    xr, yr = loader.load("cifar10", "test", [0])
+    data = from_arrays(x, y, CLASSES)
+    reserve = from_arrays(xr[: args.reserve], yr[: args.reserve], CLASSES)
+    print(f"loaded {len(data)} train + {len(reserve)} reserve images in {time.perf_counter() - t0:.1f} s",
+          flush=True)
+    device = "cuda" if args.device == "auto" and torch.cuda.is_available() else args.device
+    device = "cpu" if device == "auto" else device
+    name = torch.cuda.get_device_name() if device.startswith("cuda") else "cpu"
+
+    rows = []
+    print("| attack | rate | schedule | arch | N | poison | TPR | FPR | flagged | suspected | seconds | device |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for attack, rate in attacks:
+        poisoned = ATTACKS[attack](data, rate, target=0, seed=args.seed)
+        truth = poisoned.is_poison
+        for schedule in args.schedules:
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            result = asset(poisoned.dataset, reserve, schedule=schedule, arch=args.arch, device=device,
+                           seed=args.seed)
+            seconds = time.perf_counter() - start
+            tpr = float((result.flagged & truth).sum() / max(1, truth.sum()))
+            fpr = float((result.flagged & ~truth).sum() / max(1, (~truth).sum()))
+            row = {"attack": attack, "rate": rate, "schedule": schedule, "arch": result.settings["arch"],
+                   "n": len(data), "n_poison": int(truth.sum()), "tpr": tpr, "fpr": fpr,
+                   "n_flagged": result.n_flagged, "suspected": result.suspected_classes, "seconds": seconds,
+                   "device": name, "timings": result.timings, "seed": args.seed,
+                   "empty_selections": result.settings["empty_selections"],
+                   "offset_steps": result.settings["offset_steps"], "threshold": result.settings["threshold"]}
+            rows.append(row)
+            print(f"| {attack} | {rate} | {schedule} | {row['arch']} | {len(data)} | {row['n_poison']} | {tpr:.3f} | "
+                  f"{fpr:.4f} | {result.n_flagged} | {result.suspected_classes} | {seconds:.1f} | {name} |",
+                  flush=True)
+            phases = {k: round(v, 1) for k, v in result.timings.items()}
+            print(f"    phases: {phases}; offset steps {row['offset_steps']}, "
+                  f"{row['empty_selections']} with an empty selection", flush=True)
+            if args.json:
+                args.json.write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()

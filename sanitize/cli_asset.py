@@ -1,0 +1,81 @@
+"""``sanitize asset``: the ASSET detector with the same contract as ``sanitize ct``.
+
+No ``from __future__ import annotations`` here: the command is defined inside :func:`register`
+with option types from :mod:`sanitize.cli`, and Typer must see evaluated annotations.
+"""
+
+from typing import Annotated
+
+import typer
+
+from .data import ImageDataset
+from .errors import SanitizeError
+from .progress import Progress
+from .result import DetectionResult
+
+ScheduleOpt = Annotated[str, typer.Option(help="fast (default) or reference (the paper's loop settings).")]
+ArchOpt = Annotated[str, typer.Option(help="Model: auto, resnet18, small_cnn, mobilenet_v2, vgg16, densenet121 "
+                                           "(auto: resnet18 on a GPU at >= 32 px, else small_cnn).")]
+EpsilonOpt = Annotated[float | None, typer.Option(
+    help="Threshold density level (default 1e-6: flag log-losses more than 5.08 robust SDs above the clean bulk).")]
+BatchOpt = Annotated[int | None, typer.Option("--batch-size", help="Offset-loop batch size (default 512).")]
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``asset`` to ``app``.
+
+    The shared option types come from :mod:`sanitize.cli`, which imports this module while it is
+    itself being set up; importing them here, not at module level, avoids the import cycle.
+    """
+    from .cli import (
+        DataArg,
+        DeviceOpt,
+        FailOnDetectOpt,
+        ForceOpt,
+        JsonOnlyOpt,
+        MaxFlaggedOpt,
+        OutOpt,
+        QuietOpt,
+        ReserveOpt,
+        RunOptions,
+        SeedOpt,
+        SizeOpt,
+        run_detector,
+    )
+
+    @app.command("asset")
+    def asset_command(
+        data: DataArg,
+        reserve: ReserveOpt,
+        out: OutOpt,
+        schedule: ScheduleOpt = "fast",
+        arch: ArchOpt = "auto",
+        epsilon: EpsilonOpt = None,
+        batch_size: BatchOpt = None,
+        device: DeviceOpt = "auto",
+        seed: SeedOpt = 0,
+        size: SizeOpt = None,
+        force: ForceOpt = False,
+        quiet: QuietOpt = False,
+        json_only: JsonOnlyOpt = False,
+        max_flagged_fraction: MaxFlaggedOpt = 0.0,
+        fail_on_detect: FailOnDetectOpt = False,
+    ) -> int:
+        """ASSET (Pan et al., USENIX Security 2023): flag poison samples in DATA by active offset."""
+        from .detectors.asset import ASSET
+        from .devices import resolve_device
+        from .models import available_models
+
+        resolve_device(device)
+        if arch != "auto" and arch not in available_models():
+            raise SanitizeError(f"unknown --arch {arch!r}; choose from auto, {', '.join(available_models())}")
+        detector = ASSET(schedule=schedule, arch=arch, device=device, seed=seed, epsilon=epsilon,
+                         batch_size=batch_size)
+        detector.resolved_schedule()  # bad --schedule / --epsilon / --batch-size: exit 2 before any loading
+
+        def detect(d: ImageDataset, r: ImageDataset, progress: Progress) -> DetectionResult:
+            detector.progress = progress
+            return detector.detect(d, r)
+
+        return run_detector(detect, data, reserve, RunOptions(out, force, size, quiet, json_only,
+                                                              max_flagged_fraction, fail_on_detect))

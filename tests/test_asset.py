@@ -1,0 +1,255 @@
+"""ASSET on real data with known ground truth, its CLI contract, and the pieces it is built from."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+from statsmodels.stats.stattools import medcouple
+
+from sanitize import ASSET, asset, examples
+from sanitize.attacks import badnet, blend
+from sanitize.detectors import available_detectors, get_detector
+from sanitize.detectors.asset import (
+    FAST,
+    REFERENCE,
+    adjusted_outlyingness,
+    batch_norm_without_update,
+    class_log_loss_medians,
+    extractor_spec,
+    frozen_norm_stats,
+    level_set_z,
+    loss_threshold,
+    robust_z,
+    select_outliers,
+    suspected_from_flags,
+    with_overrides,
+)
+from sanitize.errors import SanitizeError
+
+from .conftest import bad_input_cases, run_cli, tree_digest
+
+
+def rates(flagged: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
+    tpr = (flagged & truth).sum() / max(1, truth.sum())
+    fpr = (flagged & ~truth).sum() / max(1, (~truth).sum())
+    return float(tpr), float(fpr)
+
+
+def digits_split(seed: int):
+    return examples.split_reserve(examples.digits(), 0.25, seed=seed)
+
+
+# --- detection on real data (digits, small_cnn on the CPU) -----------------------------------
+
+
+@pytest.mark.parametrize("attack,seed", [(badnet, 0), (blend, 0), (badnet, 1)])
+def test_asset_finds_poison_on_digits(attack, seed: int) -> None:
+    data, reserve = digits_split(seed)
+    poisoned = attack(data, 0.05, target=0, seed=seed)
+    result = asset(poisoned.dataset, reserve, device="cpu", seed=seed)
+    tpr, fpr = rates(result.flagged, poisoned.is_poison)
+    assert tpr >= 0.9, (tpr, fpr, result.settings["threshold"])
+    assert fpr <= 0.05, (tpr, fpr, result.class_stats)
+    assert result.suspected_classes == [0]
+    assert result.method == "asset"
+    assert {"extractor", "features", "offset loop", "score"} <= set(result.timings)
+
+
+def test_clean_digits_flag_at_most_one_percent() -> None:
+    data, reserve = digits_split(0)
+    result = asset(data, reserve, device="cpu", seed=0)
+    assert result.n_flagged <= 0.01 * len(data), result.settings
+    # nothing in a clean batch stands out, so no max step runs (the reference crashes here)
+    assert result.settings["empty_selections"] >= 0.9 * result.settings["offset_steps"]
+
+
+def tiny() -> object:
+    """A short schedule for contract and determinism checks (seconds, not minutes)."""
+    return with_overrides(FAST, base=replace(FAST.base, epochs=1), min_base_steps=20, min_offset_steps=4,
+                          mlp_steps=10)
+
+
+def test_same_seed_same_flags_on_cpu() -> None:
+    data, reserve = digits_split(0)
+    poisoned = badnet(data, 0.05, target=0, seed=0).dataset
+    first = asset(poisoned, reserve, schedule=tiny(), device="cpu", seed=3)
+    second = asset(poisoned, reserve, schedule=tiny(), device="cpu", seed=3)
+    assert np.array_equal(first.flagged, second.flagged)
+    assert np.array_equal(first.scores, second.scores)
+    other = asset(poisoned, reserve, schedule=tiny(), device="cpu", seed=4)
+    assert not np.array_equal(first.scores, other.scores)
+
+
+def test_registry_and_settings() -> None:
+    assert "asset" in available_detectors()
+    detector = get_detector("asset", device="cpu", seed=1, epsilon=1e-3)
+    assert isinstance(detector, ASSET)
+    assert detector.resolved_schedule().epsilon == 1e-3
+    with pytest.raises(SanitizeError, match="schedule"):
+        ASSET(schedule="slow").resolved_schedule()
+    with pytest.raises(SanitizeError, match="epsilon"):
+        ASSET(epsilon=0.5).resolved_schedule()
+
+
+def test_reference_schedule_is_the_papers() -> None:
+    assert (REFERENCE.batch_size, REFERENCE.passes, REFERENCE.min_offset_steps) == (512, 1, 0)
+    assert (REFERENCE.lr, REFERENCE.mlp_lr, REFERENCE.mlp_steps, REFERENCE.mlp_hidden) == (1e-4, 1e-4, 100, 128)
+    assert (REFERENCE.ao_cut, REFERENCE.ao_on, REFERENCE.epsilon) == (2.0, "prob", 1e-6)
+    assert REFERENCE.offset_steps(50_000) == 97  # one pass in batches of 512
+
+
+def test_extractor_spec_fits_small_data() -> None:
+    spec = extractor_spec(FAST, 1347, 8, None)
+    assert spec.batch_size == 84 and not spec.augment  # >= 16 steps per epoch; no flip/crop on 8 px
+    assert spec.epochs * (1347 // 84) >= FAST.min_base_steps
+    big = extractor_spec(FAST, 50_000, 32, None)
+    assert big.batch_size == 512 and big.augment and big.epochs == FAST.base.epochs
+
+
+# --- the custom model hook (non-image inputs) --------------------------------------------------
+
+
+def test_custom_model_factory_runs_on_vectors() -> None:
+    from sanitize.models import Classifier
+
+    data, reserve = digits_split(0)
+
+    def factory() -> Classifier:
+        trunk = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 32), torch.nn.ReLU())
+        return Classifier(trunk, 32, 10)
+
+    result = ASSET(schedule=tiny(), device="cpu", model_factory=factory, preprocess=lambda x: x.float() / 255,
+                   augment=False).detect(data, reserve)
+    assert result.settings["arch"] == "custom" and np.isfinite(result.scores).all()
+
+
+# --- Adjusted Outlyingness, threshold, batch-norm handling ------------------------------------
+
+
+def test_adjusted_outlyingness_is_one_sided_and_uses_the_medcouple() -> None:
+    rng = np.random.default_rng(0)
+    bulk = rng.normal(size=500)
+    high = np.concatenate([bulk, [12.0, 15.0]])
+    low = np.concatenate([bulk, [-12.0, -15.0]])
+    assert set(select_outliers(high, 2.0)) == {500, 501}
+    assert len(select_outliers(low, 2.0)) == 0  # low scores are not poison evidence
+    ao = adjusted_outlyingness(high)
+    assert np.all(ao[high <= np.median(high)] == 0)
+    # the upper whisker follows the medcouple: Q3 + 1.5 exp(3 MC) IQR for a right-skewed sample
+    skewed = rng.lognormal(size=400)
+    q1, med, q3 = np.quantile(skewed, [0.25, 0.5, 0.75])
+    whisker = q3 + 1.5 * np.exp(3 * float(medcouple(skewed))) * (q3 - q1)
+    top = int(np.argmax(skewed))
+    assert adjusted_outlyingness(skewed)[top] == pytest.approx((skewed[top] - med) / (whisker - med))
+
+
+def test_empty_and_degenerate_selections() -> None:
+    assert len(select_outliers(np.random.default_rng(1).normal(size=512), 2.0)) == 0
+    assert len(select_outliers(np.full(512, 0.7), 2.0)) == 0  # no spread: AO is 0, nothing selected
+    assert len(select_outliers(np.array([1.0, 2.0]), 2.0)) == 0
+
+
+def test_threshold_is_scale_free_and_robust() -> None:
+    assert level_set_z(1e-6) == pytest.approx(5.08, abs=0.01)
+    rng = np.random.default_rng(0)
+    clean = rng.lognormal(mean=0.8, sigma=0.05, size=2000)
+    losses = np.concatenate([clean, np.full(100, 30.0)])  # 5 % poison with a large loss
+    flags, fit = loss_threshold(losses, 1e-6)
+    assert flags[2000:].all() and flags[:2000].sum() <= 2
+    assert np.array_equal(loss_threshold(losses * 1000.0, 1e-6)[0], flags)  # unit of the loss does not matter
+    assert not loss_threshold(clean, 1e-6)[0].any()
+    assert fit["z_cut"] == pytest.approx(level_set_z(1e-6))
+    assert np.all(np.isfinite(robust_z(np.zeros(10))))  # zero spread does not divide by zero
+
+
+def test_class_calibration_removes_a_class_wide_shift() -> None:
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(4), 500)
+    losses = rng.lognormal(mean=0.8, sigma=0.05, size=2000) * np.where(labels == 0, 20.0, 1.0)
+    reserve_labels = np.repeat(np.arange(4), 50)
+    reserve_losses = rng.lognormal(mean=0.8, sigma=0.05, size=200) * np.where(reserve_labels == 0, 20.0, 1.0)
+    assert loss_threshold(losses, 1e-6)[0].sum() == 500  # the whole shifted class
+    shift = class_log_loss_medians(reserve_losses, reserve_labels, 4)[labels]
+    assert loss_threshold(losses, 1e-6, shift)[0].sum() <= 2
+
+
+def test_suspected_classes_hold_the_flags() -> None:
+    labels = np.array([0] * 10 + [1] * 10 + [2] * 10)
+    flagged = np.zeros(30, dtype=bool)
+    flagged[:8] = True
+    flagged[10] = True
+    assert suspected_from_flags(flagged, labels, 3) == [0]
+
+
+def test_norm_statistics_are_not_moved_by_the_max_step() -> None:
+    bn = torch.nn.Sequential(torch.nn.BatchNorm1d(3)).train()
+    before = bn[0].running_mean.clone()
+    for ctx in (frozen_norm_stats, batch_norm_without_update):
+        with ctx(bn):
+            bn(torch.randn(8, 3) + 5.0)
+        assert torch.equal(bn[0].running_mean, before)
+        assert bn.training and bn[0].momentum == 0.1
+    with frozen_norm_stats(bn):
+        assert not bn[0].training
+        bn(torch.randn(1, 3))  # one selected sample works: running statistics, no batch statistics
+
+
+# --- CLI contract ---------------------------------------------------------------------------
+
+
+def test_asset_cli_end_to_end(digits_folders, tmp_path) -> None:
+    data, reserve, truth = digits_folders
+    before = tree_digest(data)
+    out = tmp_path / "cleaned"
+    code = run_cli("asset", data, "--reserve", reserve, "--out", out, "--device", "cpu", "--quiet")
+    assert tree_digest(data) == before
+
+    report = json.loads((out / "report.json").read_text())
+    summary = report["summary"]
+    assert summary["method"] == "asset"
+    assert code == (1 if summary["n_flagged"] else 0)
+    samples = report["samples"]
+    assert len(samples) == summary["n_samples"] == sum(1 for _ in data.rglob("*.png"))
+    assert np.isfinite([s["score"] for s in samples]).all()
+    flagged = {s["path"] for s in samples if s["flagged"]}
+    n_clean = len(samples) - len(truth)
+    assert len(flagged & truth) >= 0.9 * len(truth)
+    assert len(flagged - truth) <= 0.05 * n_clean
+
+    with open(out / "flagged.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert {r["path"] for r in rows} == flagged
+    kept = {p.relative_to(out).as_posix() for p in out.rglob("*.png")}
+    assert kept == {s["path"] for s in samples} - flagged
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".cleaned")]
+
+    # --out exists: refused without --force; the gate options apply as for ct
+    assert run_cli("asset", data, "--reserve", reserve, "--out", out, "--device", "cpu", "-q") == 2
+    assert (out / "report.json").exists()
+
+
+def test_bad_input_exits_2_with_one_line(digits_folders, tmp_path) -> None:
+    data, reserve, _ = digits_folders
+    cases = bad_input_cases("asset", tmp_path, data, reserve)
+    cases["bad schedule"] = ["asset", str(data), "--reserve", str(reserve), "--out", str(tmp_path / "o"),
+                             "--schedule", "slow"]
+    cases["bad epsilon"] = ["asset", str(data), "--reserve", str(reserve), "--out", str(tmp_path / "o"),
+                            "--epsilon", "2"]
+    digests = {p: tree_digest(p) for p in (data, reserve, tmp_path / "corrupt")}
+    for name, args in cases.items():
+        argv = [*args, "--device", "cpu"] if "--device" not in args else args
+        proc = subprocess.run([sys.executable, "-m", "sanitize.cli", *argv], capture_output=True, text=True,
+                              timeout=120)
+        assert proc.returncode == 2, (name, proc.stderr)
+        lines = [line for line in proc.stderr.splitlines() if line.strip()]
+        assert len(lines) == 1 and lines[0].startswith("error: "), (name, proc.stderr)
+        assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "o").exists()
+    assert {p: tree_digest(p) for p in digests} == digests
