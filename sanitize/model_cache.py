@@ -133,6 +133,7 @@ def trained_model(data: ImageDataset, *, arch: str = "auto", seed: int = 0, devi
     key = cache_key(content_hash(data), seed, arch, spec)
     root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     path = root / "models" / f"{key}.pt"
+    gen = seed_everything(seed)  # before the model is built: its initial weights come from the seed too
     model = build_model(arch, data.num_classes, data.channels, min(data.size)).to(device)
     entry = _load(path, device) if use_cache else None
     if entry is not None and entry.get("format") == CACHE_FORMAT:
@@ -141,7 +142,6 @@ def trained_model(data: ImageDataset, *, arch: str = "auto", seed: int = 0, devi
         return TrainedModel(model, prep, entry["features"].float().cpu(), entry["logits"].float().cpu(), arch, spec,
                             key, True, float(entry["train_seconds"]))
     images, labels = data.images.to(device), data.labels.to(device)
-    gen = seed_everything(seed)
     prep = Preprocess.fit(images)
     start = time.perf_counter()
     with progress.phase("train model", spec.epochs) as advance:
