@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib.util
+import sys
+import time
 from pathlib import Path
 
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -15,3 +17,22 @@ def load_module(data_dir: Path):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def load_cifar_subset(data_dir: Path, train_parts: list[int], limit: int | None, reserve_size: int):
+    """(inspected, reserve) ImageDatasets: the first ``limit`` training images of ``train_parts`` and
+    the first ``reserve_size`` official test images as the trusted reserve. Exits with a message
+    when the data is absent."""
+    from sanitize import from_arrays
+
+    if not (data_dir / "load.py").exists():
+        sys.exit(f"no CIFAR-10 data under {data_dir} (pass --data-dir)")
+    loader = load_module(data_dir)
+    t0 = time.perf_counter()
+    x, y = loader.load("cifar10", "train", train_parts)
+    xr, yr = loader.load("cifar10", "test", [0])
+    data = from_arrays(x[:limit], y[:limit], CLASSES)
+    reserve = from_arrays(xr[:reserve_size], yr[:reserve_size], CLASSES)
+    print(f"loaded {len(data)} train + {len(reserve)} reserve images in {time.perf_counter() - t0:.1f} s",
+          flush=True)
+    return data, reserve

@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import torch
-from common import CLASSES, DEFAULT_DATA_DIR, load_module
+from common import DEFAULT_DATA_DIR, load_cifar_subset
 
-from sanitize import ct, from_arrays
+from sanitize import ct
 from sanitize.attacks import badnet
 
 
@@ -42,17 +41,7 @@ def main() -> None:
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
 
-    if not (args.data_dir / "load.py").exists():
-        sys.exit(f"no CIFAR-10 data under {args.data_dir} (pass --data-dir)")
-    loader = load_module(args.data_dir)
-    t0 = time.perf_counter()
-    x, y = loader.load("cifar10", "train", args.train_parts)
-    x, y = x[: args.limit], y[: args.limit]
-    xr, yr = loader.load("cifar10", "test", [0])
-    data = from_arrays(x, y, CLASSES)
-    reserve = from_arrays(xr[: args.reserve], yr[: args.reserve], CLASSES)
-    print(f"loaded {len(data)} train + {len(reserve)} reserve images in {time.perf_counter() - t0:.1f} s",
-          flush=True)
+    data, reserve = load_cifar_subset(args.data_dir, args.train_parts, args.limit, args.reserve)
     device = "cuda" if args.device == "auto" and torch.cuda.is_available() else args.device
     name = torch.cuda.get_device_name() if device.startswith("cuda") else "cpu"
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -129,3 +131,17 @@ def bad_input_cases(command: str, root: Path, data: Path, reserve: Path) -> dict
     }
 
 
+def assert_bad_inputs_exit_2(cases: dict[str, list[str]], untouched: list[Path], out: Path) -> None:
+    """Each argv, run as a real process, exits 2 with one ``error:`` line and no traceback; the
+    folders in ``untouched`` keep every byte and ``out`` is never created."""
+    digests = {p: tree_digest(p) for p in untouched}
+    for name, args in cases.items():
+        argv = [*args, "--device", "cpu"] if "--device" not in args else args
+        proc = subprocess.run([sys.executable, "-m", "sanitize.cli", *argv], capture_output=True, text=True,
+                              timeout=120)
+        assert proc.returncode == 2, (name, proc.stderr)
+        lines = [line for line in proc.stderr.splitlines() if line.strip()]
+        assert len(lines) == 1 and lines[0].startswith("error: "), (name, proc.stderr)
+        assert "Traceback" not in proc.stderr
+    assert not out.exists()
+    assert {p: tree_digest(p) for p in digests} == digests

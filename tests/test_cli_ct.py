@@ -12,7 +12,7 @@ import numpy as np
 from sanitize import examples
 from sanitize.output import write_image_subset
 
-from .conftest import bad_input_cases, run_cli, tree_digest
+from .conftest import assert_bad_inputs_exit_2, bad_input_cases, run_cli, tree_digest
 
 
 def test_ct_cli_end_to_end(digits_folders, ct_digits_run, tmp_path) -> None:
@@ -71,17 +71,7 @@ def test_clean_folder_exits_zero(tmp_path) -> None:
 def test_bad_input_exits_2_with_one_line(digits_folders, tmp_path) -> None:
     data, reserve, _ = digits_folders
     cases = bad_input_cases("ct", tmp_path, data, reserve)
-    digests = {p: tree_digest(p) for p in (data, reserve, tmp_path / "corrupt")}
-    for name, args in cases.items():
-        proc = subprocess.run([sys.executable, "-m", "sanitize.cli", *args, "--device", "cpu"]
-                              if "--device" not in args else [sys.executable, "-m", "sanitize.cli", *args],
-                              capture_output=True, text=True, timeout=120)
-        assert proc.returncode == 2, (name, proc.stderr)
-        lines = [line for line in proc.stderr.splitlines() if line.strip()]
-        assert len(lines) == 1 and lines[0].startswith("error: "), (name, proc.stderr)
-        assert "Traceback" not in proc.stderr
-    assert not (tmp_path / "o").exists()
-    assert {p: tree_digest(p) for p in digests} == digests
+    assert_bad_inputs_exit_2(cases, [data, reserve, tmp_path / "corrupt"], tmp_path / "o")
 
 
 def test_error_messages_name_the_problem(digits_folders, tmp_path) -> None:

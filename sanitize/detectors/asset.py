@@ -32,7 +32,6 @@ The detector is written for images but only :func:`image_backbone` knows that: p
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
@@ -45,7 +44,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..data import ImageDataset, check_reserve
-from ..devices import describe, resolve_device, seed_everything
+from ..devices import PhaseTimer, describe, resolve_device, seed_everything
 from ..engine import Preprocess, TrainSpec, autocast, infer, planned_batches, train_supervised
 from ..errors import SanitizeError
 from ..models import Classifier, build_model, default_arch
@@ -419,18 +418,6 @@ def extractor_spec(schedule: AssetSchedule, n: int, image_side: int, augment: bo
     return replace(spec, epochs=epochs, augment=use_aug)
 
 
-class _Timer:
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
-        self.timings: dict[str, float] = {}
-
-    @contextmanager
-    def __call__(self, name: str) -> Iterator[None]:
-        start = time.perf_counter()
-        yield
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - start
 
 
 def suspected_from_flags(flagged: np.ndarray, labels: np.ndarray, num_classes: int) -> list[int]:
@@ -494,7 +481,7 @@ class ASSET:
             arch = default_arch(device, min(data.size)) if self.arch == "auto" else self.arch
         progress = self.progress or Silent()
         gen = seed_everything(self.seed)
-        timer = _Timer(device)
+        timer = PhaseTimer(device)
         data, reserve = data.to(device), reserve.to(device)
         factory, prep = image_backbone(data, arch, device) if self.model_factory is None else (
             self.model_factory, None)

@@ -27,9 +27,6 @@ from __future__ import annotations
 
 import copy
 import math
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 
 import numpy as np
@@ -39,7 +36,7 @@ from sklearn.mixture import GaussianMixture
 from torch.nn import functional as F
 
 from ..data import ImageDataset, check_reserve
-from ..devices import describe, resolve_device, seed_everything
+from ..devices import PhaseTimer, describe, resolve_device, seed_everything
 from ..engine import Preprocess, TrainSpec, autocast, infer, make_sgd, planned_batches, train_supervised
 from ..errors import SanitizeError
 from ..models import Classifier, build_model, default_arch
@@ -139,18 +136,6 @@ def get_schedule(name: str) -> CTSchedule:
     return SCHEDULES[name]
 
 
-class _Timer:
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
-        self.timings: dict[str, float] = {}
-
-    @contextmanager
-    def __call__(self, name: str) -> Iterator[None]:
-        start = time.perf_counter()
-        yield
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - start
 
 
 def class_frequency_weights(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -323,7 +308,7 @@ class ConfusionTraining:
         arch = default_arch(device, min(data.size)) if self.arch == "auto" else self.arch
         progress = self.progress or Silent()
         gen = seed_everything(self.seed)
-        timer = _Timer(device)
+        timer = PhaseTimer(device)
         data, reserve = data.to(device), reserve.to(device)
         reserve, holdout = split_holdout(reserve, schedule.holdout_fraction, gen)
         prep = Preprocess.fit(data.images)

@@ -34,14 +34,14 @@ from scipy.stats import beta, binom
 from torch import nn
 from torch.nn import functional as F
 
-from ..devices import describe, resolve_device, seed_everything
+from ..devices import PhaseTimer, describe, resolve_device, seed_everything
 from ..engine import epoch_batches, make_sgd, planned_batches
 from ..errors import SanitizeError
 from ..features import FeatureDataset, check_feature_reserve
 from ..models import Classifier
 from ..progress import Progress, Silent
 from ..result import DetectionResult
-from .ct import _Timer, distill, split_holdout
+from .ct import distill, split_holdout
 
 
 @dataclass(frozen=True)
@@ -299,7 +299,7 @@ class FeatureConfusionTraining:
             raise SanitizeError(f"dataset has {len(labelled_np)} labelled rows: too few of each class to inspect")
         progress = self.progress or Silent()
         gen = seed_everything(self.seed)
-        timer = _Timer(device)
+        timer = PhaseTimer(device)
         with timer("load to device"):
             data = data.to(device)
             reserve = reserve.to(device)
