@@ -31,7 +31,7 @@ from sanitize.detectors.asset import (
 )
 from sanitize.errors import SanitizeError
 
-from .conftest import assert_bad_inputs_exit_2, bad_input_cases, run_cli, tree_digest
+from .conftest import assert_bad_inputs_exit_2, assert_valid_report, bad_input_cases, run_cli, tree_digest
 
 
 def rates(flagged: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
@@ -210,11 +210,12 @@ def test_asset_cli_end_to_end(digits_folders, tmp_path) -> None:
     assert tree_digest(data) == before
 
     report = json.loads((out / "report.json").read_text())
+    assert_valid_report(report)
     summary = report["summary"]
     assert summary["method"] == "asset"
     assert code == (1 if summary["n_flagged"] else 0)
     samples = report["samples"]
-    assert len(samples) == summary["n_samples"] == sum(1 for _ in data.rglob("*.png"))
+    assert len(samples) == summary["n_samples"] == sum(1 for _ in data.glob("*/*.png"))
     assert np.isfinite([s["score"] for s in samples]).all()
     flagged = {s["path"] for s in samples if s["flagged"]}
     n_clean = len(samples) - len(truth)

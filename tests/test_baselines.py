@@ -19,7 +19,7 @@ from sanitize.data import load_image_folder, load_reserve
 from sanitize.detectors import available_detectors, get_detector
 from sanitize.engine import TrainSpec
 
-from .conftest import bad_input_cases, run_cli, tree_digest
+from .conftest import assert_valid_report, bad_input_cases, run_cli, tree_digest
 
 BASELINES = ("spectral", "activation-clustering", "strip", "scan", "spectre")
 
@@ -138,6 +138,7 @@ def test_scan_cli_end_to_end(digits_folders, cache, tmp_path) -> None:
                    "--quiet")
     assert (tree_digest(data), tree_digest(reserve)) == before
     report = json.loads((out / "report.json").read_text())
+    assert_valid_report(report)
     summary = report["summary"]
     assert summary["method"] == "scan" and summary["suspected_classes"] == ["0"]
     assert summary["settings"]["model_cached"]  # trained by the API tests above, same content

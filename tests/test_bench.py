@@ -77,11 +77,11 @@ def test_bench_all_cells_then_resume(bench_folders, tmp_path) -> None:
 
 
 def test_bench_refuses_unknown_names(bench_folders, tmp_path) -> None:
-    with pytest.raises(SanitizeError, match="unknown detector 'asset'"):
-        BenchConfig(["badnet"], ["asset"], [0]).check()
+    with pytest.raises(SanitizeError, match="unknown detector 'nope'"):
+        BenchConfig(["badnet"], ["nope"], [0]).check()
     with pytest.raises(SanitizeError, match="unknown attack"):
         BenchConfig(["nope"], ["spectral"], [0]).check()
     root = bench_folders
     assert run_cli("bench", root / "clean", "--reserve", root / "reserve", "--test", root / "test", "--out",
-                   tmp_path / "o", "--detectors", "spectral,asset", "--quiet") == 2
+                   tmp_path / "o", "--detectors", "spectral,nope", "--quiet") == 2
     assert not (tmp_path / "o").exists()

@@ -11,7 +11,7 @@ import torch
 from sanitize import ember, ember_synth
 from sanitize.detectors.ct_features import data_driven_cut
 
-from .conftest import run_cli
+from .conftest import assert_valid_report, run_cli
 
 N, RESERVE, UNLABELLED = 4000, 3000, 100
 
@@ -51,6 +51,7 @@ def test_ct_finds_explanation_guided_trigger(ember_dirs, tmp_path, one_thread) -
     out = tmp_path / "cleaned"
     code = run_cli("ct", poisoned, "--reserve", ember_dirs / "reserve", "--out", out, "--device", "cpu", "-q")
     report = json.loads((out / "report.json").read_text())
+    assert_valid_report(report)
     assert code == 1 and report["summary"]["suspected_classes"] == ["benign"]
     assert report["summary"]["n_not_inspected"] == UNLABELLED
     unlabelled = [s for s in report["samples"] if s.get("inspected") is False]
