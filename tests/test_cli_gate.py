@@ -69,3 +69,22 @@ def test_json_only_prints_one_document_and_gates(digits_folders, tmp_path, capsy
     assert run_detector(detect, data, reserve, strict) == 1
     capsys.readouterr()
     assert run_detector(flag_paths(set(), []), data, reserve, RunOptions(tmp_path / "d", quiet=True)) == 0
+
+
+def test_no_colour_codes_when_not_a_terminal(digits_folders, tmp_path) -> None:
+    """CI logs are not terminals: tables and help come out as plain text, no ANSI escapes."""
+    import os
+    import subprocess
+    import sys
+
+    data, reserve, truth = digits_folders
+    report = {"schema_version": 1, "summary": {"method": "double"}, "classes": [],
+              "samples": [{"path": p, "label": p.split("/")[0], "score": float(p in truth), "flagged": p in truth}
+                          for p in sorted(str(q.relative_to(data).as_posix()) for q in data.glob("*/*.png"))]}
+    (tmp_path / "report.json").write_text(json.dumps(report))
+    env = {k: v for k, v in os.environ.items() if k not in ("FORCE_COLOR", "TERM")}
+    for args in (["--help"], ["evaluate", str(tmp_path / "report.json"), "--truth", str(data / "poison.json")]):
+        proc = subprocess.run([sys.executable, "-m", "sanitize.cli", *args], capture_output=True, text=True,
+                              env=env, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.strip() and "\x1b[" not in proc.stdout + proc.stderr, args
