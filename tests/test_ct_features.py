@@ -84,3 +84,14 @@ def test_cut_needs_an_excess_over_the_canaries() -> None:
         assert suspected == [0] and flagged[:40].all() and stats[0]["p_value"] < 1e-3
         assert flagged.sum() <= 40 + 3 * stats[0]["expected_clean_passes"]
     assert false_alarms <= 1  # measured: 2 in 400 class tests over 200 seeds
+
+
+def test_image_only_detectors_refuse_feature_rows(ember_dirs, tmp_path, capsys) -> None:
+    """asset (not wired for feature rows yet) and the passive baselines say so: exit 2, one line."""
+    for args in (["asset"], ["scan", "spectral"]):
+        capsys.readouterr()
+        code = run_cli(*args, ember_dirs / "clean", "--reserve", ember_dirs / "reserve", "--out", tmp_path / "o",
+                       "--device", "cpu", "-q")
+        err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+        assert code == 2 and len(err) == 1 and "feature rows" in err[0], (args, err)
+    assert not (tmp_path / "o").exists()

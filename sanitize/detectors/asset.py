@@ -471,6 +471,10 @@ class ASSET:
         return schedule
 
     def detect(self, data: ImageDataset, reserve: ImageDataset) -> DetectionResult:
+        if not isinstance(data, ImageDataset):
+            # Feature rows (EMBER) need the MLP path (ct_features.ember_mlp + Standardise through the
+            # model_factory/preprocess hooks); until that is wired, say so instead of failing deep inside.
+            raise SanitizeError("asset inspects image folders for now; for feature rows use ct")
         device = resolve_device(self.device)
         schedule = self.resolved_schedule()
         check_reserve(reserve, data)
