@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -71,6 +72,18 @@ def assert_valid_report(report: dict) -> None:
     assert len({s["path"] for s in samples}) == len(samples), "sample paths must be unique"
 
 
+def rates(flagged: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
+    """(TPR, FPR) of boolean flags against boolean ground truth."""
+    tpr = (flagged & truth).sum() / max(1, truth.sum())
+    fpr = (flagged & ~truth).sum() / max(1, (~truth).sum())
+    return float(tpr), float(fpr)
+
+
+def digits_split(seed: int):
+    """scikit-learn digits split into (inspected, 25 % stratified trusted reserve)."""
+    return examples.split_reserve(examples.digits(), 0.25, seed=seed)
+
+
 def run_cli(*args: str) -> int:
     with pytest.raises(SystemExit) as exit_info:
         main([str(a) for a in args])
@@ -86,7 +99,7 @@ def digits_folders(tmp_path_factory) -> tuple[Path, Path, set[str]]:
     only) is the ground truth.
     """
     root = tmp_path_factory.mktemp("digits")
-    data, reserve = examples.split_reserve(examples.digits(), 0.25, seed=0)
+    data, reserve = digits_split(0)
     write_image_subset(data, range(len(data)), root / "clean")
     write_image_subset(reserve, range(len(reserve)), root / "reserve")
     assert run_cli("attack", "badnet", root / "clean", root / "data", "--rate", "0.05", "--target", "0",

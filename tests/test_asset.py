@@ -11,7 +11,7 @@ import pytest
 import torch
 from statsmodels.stats.stattools import medcouple
 
-from sanitize import ASSET, asset, examples
+from sanitize import ASSET, asset
 from sanitize.attacks import badnet, blend
 from sanitize.detectors import available_detectors, get_detector
 from sanitize.detectors.asset import (
@@ -31,18 +31,15 @@ from sanitize.detectors.asset import (
 )
 from sanitize.errors import SanitizeError
 
-from .conftest import assert_bad_inputs_exit_2, assert_valid_report, bad_input_cases, run_cli, tree_digest
-
-
-def rates(flagged: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
-    tpr = (flagged & truth).sum() / max(1, truth.sum())
-    fpr = (flagged & ~truth).sum() / max(1, (~truth).sum())
-    return float(tpr), float(fpr)
-
-
-def digits_split(seed: int):
-    return examples.split_reserve(examples.digits(), 0.25, seed=seed)
-
+from .conftest import (
+    assert_bad_inputs_exit_2,
+    assert_valid_report,
+    bad_input_cases,
+    digits_split,
+    rates,
+    run_cli,
+    tree_digest,
+)
 
 # --- detection on real data (digits, small_cnn on the CPU) -----------------------------------
 

@@ -9,10 +9,9 @@ import sys
 
 import numpy as np
 
-from sanitize import examples
 from sanitize.output import write_image_subset
 
-from .conftest import assert_bad_inputs_exit_2, bad_input_cases, run_cli, tree_digest
+from .conftest import assert_bad_inputs_exit_2, bad_input_cases, digits_split, run_cli, tree_digest
 
 
 def test_ct_cli_end_to_end(digits_folders, ct_digits_run, tmp_path) -> None:
@@ -58,7 +57,7 @@ def test_ct_cli_end_to_end(digits_folders, ct_digits_run, tmp_path) -> None:
 
 
 def test_clean_folder_exits_zero(tmp_path) -> None:
-    data, reserve = examples.split_reserve(examples.digits(), 0.25, seed=1)
+    data, reserve = digits_split(1)
     write_image_subset(data, range(len(data)), tmp_path / "data")
     write_image_subset(reserve, range(len(reserve)), tmp_path / "reserve")
     code = run_cli("ct", tmp_path / "data", "--reserve", tmp_path / "reserve", "--out", tmp_path / "out",

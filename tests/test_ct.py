@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from sanitize import ct, examples, from_arrays
+from sanitize import ct, from_arrays
 from sanitize.attacks import badnet
 from sanitize.detectors.ct import (
     FAST,
@@ -20,17 +20,7 @@ from sanitize.detectors.ct import (
 )
 from sanitize.errors import SanitizeError
 
-from .conftest import shared_loader
-
-
-def rates(flagged: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
-    tpr = (flagged & truth).sum() / max(1, truth.sum())
-    fpr = (flagged & ~truth).sum() / max(1, (~truth).sum())
-    return float(tpr), float(fpr)
-
-
-def digits_split(seed: int):
-    return examples.split_reserve(examples.digits(), 0.25, seed=seed)
+from .conftest import digits_split, rates, shared_loader
 
 
 @pytest.mark.parametrize("rate,seed", [(0.02, 0), (0.05, 0), (0.1, 0), (0.02, 1), (0.05, 1), (0.1, 1)])
