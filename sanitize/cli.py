@@ -64,6 +64,14 @@ HtmlOpt = Annotated[bool, typer.Option(
     "--html/--no-html", help="Also write report.html, a self-contained page with thumbnails and histograms.")]
 
 
+def check_arch(arch: str, also: tuple[str, ...] = ()) -> None:
+    """Refuse an --arch that is neither ``auto``, one of ``also``, nor a registered model."""
+    from .models import available_models
+
+    if arch != "auto" and arch not in also and arch not in available_models():
+        raise SanitizeError(f"unknown --arch {arch!r}; choose from {', '.join(('auto', *also, *available_models()))}")
+
+
 def parse_size(size: str | None) -> tuple[int, int] | None:
     if size is None:
         return None
@@ -211,12 +219,10 @@ def ct_command(
     from .detectors.ct import ConfusionTraining, get_schedule
     from .detectors.ct_features import FeatureConfusionTraining
     from .devices import resolve_device
-    from .models import available_models
 
     get_schedule(schedule)
     resolve_device(device)
-    if arch not in ("auto", "ember_mlp") and arch not in available_models():
-        raise SanitizeError(f"unknown --arch {arch!r}; choose from auto, ember_mlp, {', '.join(available_models())}")
+    check_arch(arch, also=("ember_mlp",))
 
     def detect(d: Dataset, r: Dataset, progress: Progress) -> DetectionResult:
         if isinstance(d, FeatureDataset):

@@ -1,15 +1,30 @@
-"""``sanitize asset``: the ASSET detector with the same contract as ``sanitize ct``.
+"""``sanitize asset``: the ASSET detector with the same contract as ``sanitize ct``."""
 
-No ``from __future__ import annotations`` here: the command is defined inside :func:`register`
-with option types from :mod:`sanitize.cli`, and Typer must see evaluated annotations.
-"""
+from __future__ import annotations
 
 from typing import Annotated
 
 import typer
 
+from .cli import (
+    DataArg,
+    DeviceOpt,
+    FailOnDetectOpt,
+    ForceOpt,
+    FormatOpt,
+    HtmlOpt,
+    JsonOnlyOpt,
+    MaxFlaggedOpt,
+    OutOpt,
+    QuietOpt,
+    ReserveOpt,
+    RunOptions,
+    SeedOpt,
+    SizeOpt,
+    check_arch,
+    run_detector,
+)
 from .data import ImageDataset
-from .errors import SanitizeError
 from .progress import Progress
 from .result import DetectionResult
 
@@ -22,60 +37,40 @@ BatchOpt = Annotated[int | None, typer.Option("--batch-size", help="Offset-loop 
 
 
 def register(app: typer.Typer) -> None:
-    """Add ``asset`` to ``app``.
+    app.command("asset")(asset_command)
 
-    The shared option types come from :mod:`sanitize.cli`, which imports this module while it is
-    itself being set up; importing them here, not at module level, avoids the import cycle.
-    """
-    from .cli import (
-        DataArg,
-        DeviceOpt,
-        FailOnDetectOpt,
-        ForceOpt,
-        JsonOnlyOpt,
-        MaxFlaggedOpt,
-        OutOpt,
-        QuietOpt,
-        ReserveOpt,
-        RunOptions,
-        SeedOpt,
-        SizeOpt,
-        run_detector,
-    )
 
-    @app.command("asset")
-    def asset_command(
-        data: DataArg,
-        reserve: ReserveOpt,
-        out: OutOpt,
-        schedule: ScheduleOpt = "fast",
-        arch: ArchOpt = "auto",
-        epsilon: EpsilonOpt = None,
-        batch_size: BatchOpt = None,
-        device: DeviceOpt = "auto",
-        seed: SeedOpt = 0,
-        size: SizeOpt = None,
-        force: ForceOpt = False,
-        quiet: QuietOpt = False,
-        json_only: JsonOnlyOpt = False,
-        max_flagged_fraction: MaxFlaggedOpt = 0.0,
-        fail_on_detect: FailOnDetectOpt = False,
-    ) -> int:
-        """ASSET (Pan et al., USENIX Security 2023): flag poison samples in DATA by active offset."""
-        from .detectors.asset import ASSET
-        from .devices import resolve_device
-        from .models import available_models
+def asset_command(
+    data: DataArg,
+    reserve: ReserveOpt,
+    out: OutOpt,
+    schedule: ScheduleOpt = "fast",
+    arch: ArchOpt = "auto",
+    epsilon: EpsilonOpt = None,
+    batch_size: BatchOpt = None,
+    device: DeviceOpt = "auto",
+    seed: SeedOpt = 0,
+    size: SizeOpt = None,
+    force: ForceOpt = False,
+    quiet: QuietOpt = False,
+    json_only: JsonOnlyOpt = False,
+    max_flagged_fraction: MaxFlaggedOpt = 0.0,
+    fail_on_detect: FailOnDetectOpt = False,
+    fmt: FormatOpt = "auto",
+    html: HtmlOpt = True,
+) -> int:
+    """ASSET (Pan et al., USENIX Security 2023): flag poison samples in DATA by active offset."""
+    from .detectors.asset import ASSET
+    from .devices import resolve_device
 
-        resolve_device(device)
-        if arch != "auto" and arch not in available_models():
-            raise SanitizeError(f"unknown --arch {arch!r}; choose from auto, {', '.join(available_models())}")
-        detector = ASSET(schedule=schedule, arch=arch, device=device, seed=seed, epsilon=epsilon,
-                         batch_size=batch_size)
-        detector.resolved_schedule()  # bad --schedule / --epsilon / --batch-size: exit 2 before any loading
+    resolve_device(device)
+    check_arch(arch)
+    detector = ASSET(schedule=schedule, arch=arch, device=device, seed=seed, epsilon=epsilon, batch_size=batch_size)
+    detector.resolved_schedule()  # bad --schedule / --epsilon / --batch-size: exit 2 before any loading
 
-        def detect(d: ImageDataset, r: ImageDataset, progress: Progress) -> DetectionResult:
-            detector.progress = progress
-            return detector.detect(d, r)
+    def detect(d: ImageDataset, r: ImageDataset, progress: Progress) -> DetectionResult:
+        detector.progress = progress
+        return detector.detect(d, r)
 
-        return run_detector(detect, data, reserve, RunOptions(out, force, size, quiet, json_only,
-                                                              max_flagged_fraction, fail_on_detect))
+    return run_detector(detect, data, reserve, RunOptions(out, force, size, quiet, json_only, max_flagged_fraction,
+                                                          fail_on_detect, fmt, html))

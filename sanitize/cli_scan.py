@@ -17,6 +17,8 @@ from .cli import (
     DeviceOpt,
     FailOnDetectOpt,
     ForceOpt,
+    FormatOpt,
+    HtmlOpt,
     JsonOnlyOpt,
     MaxFlaggedOpt,
     OutOpt,
@@ -24,6 +26,7 @@ from .cli import (
     RunOptions,
     SeedOpt,
     SizeOpt,
+    check_arch,
     run_detector,
 )
 from .data import ImageDataset
@@ -83,15 +86,15 @@ def scan_command(
     json_only: JsonOnlyOpt = False,
     max_flagged_fraction: MaxFlaggedOpt = 0.0,
     fail_on_detect: FailOnDetectOpt = False,
+    fmt: FormatOpt = "auto",
+    html: HtmlOpt = True,
 ) -> int:
     """Passive baselines: Spectral Signatures, Activation Clustering, STRIP, SCAn, SPECTRE."""
     from .detectors import get_detector
     from .devices import resolve_device
-    from .models import available_models
 
     settings = scan_settings(method, budget, frr, arch, epochs, cache_dir)
-    if arch != "auto" and arch not in available_models():
-        raise SanitizeError(f"unknown --arch {arch!r}; choose from auto, {', '.join(available_models())}")
+    check_arch(arch)
     resolve_device(device)
     if method == "scan" and reserve is None:
         raise SanitizeError("scan needs a trusted clean reserve: pass --reserve")
@@ -101,4 +104,4 @@ def scan_command(
         return get_detector(method, device=device, seed=seed, progress=progress, **settings).detect(d, r)
 
     return run_detector(detect, data, reserve, RunOptions(out, force, size, quiet, json_only, max_flagged_fraction,
-                                                          fail_on_detect))
+                                                          fail_on_detect, fmt, html))
