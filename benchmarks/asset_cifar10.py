@@ -17,11 +17,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
-import torch
-from common import DEFAULT_DATA_DIR, load_cifar_subset
+from common import DEFAULT_DATA_DIR, load_cifar_subset, pick_device, timed_detection
 
 from sanitize import asset
 from sanitize.attacks import ATTACKS
@@ -52,9 +50,7 @@ def main() -> None:
 
     attacks = [parse_attack(a) for a in args.attacks]
     data, reserve = load_cifar_subset(args.data_dir, args.train_parts, args.limit, args.reserve)
-    device = "cuda" if args.device == "auto" and torch.cuda.is_available() else args.device
-    device = "cpu" if device == "auto" else device
-    name = torch.cuda.get_device_name() if device.startswith("cuda") else "cpu"
+    device, name = pick_device(args.device)
 
     rows = []
     print("| attack | rate | schedule | arch | N | poison | TPR | FPR | flagged | suspected | seconds | device |")
@@ -63,14 +59,8 @@ def main() -> None:
         poisoned = ATTACKS[attack](data, rate, target=0, seed=args.seed)
         truth = poisoned.is_poison
         for schedule in args.schedules:
-            if device.startswith("cuda"):
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-            result = asset(poisoned.dataset, reserve, schedule=schedule, arch=args.arch, device=device,
-                           seed=args.seed)
-            seconds = time.perf_counter() - start
-            tpr = float((result.flagged & truth).sum() / max(1, truth.sum()))
-            fpr = float((result.flagged & ~truth).sum() / max(1, (~truth).sum()))
+            result, seconds, tpr, fpr = timed_detection(
+                asset, truth, device, poisoned.dataset, reserve, schedule=schedule, arch=args.arch, seed=args.seed)
             row = {"attack": attack, "rate": rate, "schedule": schedule, "arch": result.settings["arch"],
                    "n": len(data), "n_poison": int(truth.sum()), "tpr": tpr, "fpr": fpr,
                    "n_flagged": result.n_flagged, "suspected": result.suspected_classes, "seconds": seconds,

@@ -36,3 +36,25 @@ def load_cifar_subset(data_dir: Path, train_parts: list[int], limit: int | None,
     print(f"loaded {len(data)} train + {len(reserve)} reserve images in {time.perf_counter() - t0:.1f} s",
           flush=True)
     return data, reserve
+
+
+def pick_device(spec: str) -> tuple[str, str]:
+    """(device for the detector, the machine's name for the table) from ``--device``."""
+    import torch
+
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if spec == "auto" else spec
+    return device, torch.cuda.get_device_name() if device.startswith("cuda") else "cpu"
+
+
+def timed_detection(detector, truth, device: str, *args, **kwargs):
+    """``detector(*args, device=device, **kwargs)`` on a synchronised clock; (result, seconds, TPR, FPR)."""
+    import torch
+
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    result = detector(*args, device=device, **kwargs)
+    seconds = time.perf_counter() - start
+    tpr = float((result.flagged & truth).sum() / max(1, truth.sum()))
+    fpr = float((result.flagged & ~truth).sum() / max(1, (~truth).sum()))
+    return result, seconds, tpr, fpr

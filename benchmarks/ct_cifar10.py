@@ -17,11 +17,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 
-import torch
-from common import DEFAULT_DATA_DIR, load_cifar_subset
+from common import DEFAULT_DATA_DIR, load_cifar_subset, pick_device, timed_detection
 
 from sanitize import ct
 from sanitize.attacks import badnet
@@ -42,8 +40,7 @@ def main() -> None:
     args = ap.parse_args()
 
     data, reserve = load_cifar_subset(args.data_dir, args.train_parts, args.limit, args.reserve)
-    device = "cuda" if args.device == "auto" and torch.cuda.is_available() else args.device
-    name = torch.cuda.get_device_name() if device.startswith("cuda") else "cpu"
+    device, name = pick_device(args.device)
 
     rows = []
     print("| schedule | arch | N | rate | poison | TPR | FPR | flagged | suspected | seconds | device |")
@@ -52,14 +49,8 @@ def main() -> None:
         poisoned = badnet(data, rate, target=0, seed=args.seed)
         truth = poisoned.is_poison
         for schedule in args.schedules:
-            if device.startswith("cuda"):
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-            result = ct(poisoned.dataset, reserve, schedule=schedule, arch=args.arch, device=device,
-                        seed=args.seed)
-            seconds = time.perf_counter() - start
-            tpr = float((result.flagged & truth).sum() / max(1, truth.sum()))
-            fpr = float((result.flagged & ~truth).sum() / max(1, (~truth).sum()))
+            result, seconds, tpr, fpr = timed_detection(
+                ct, truth, device, poisoned.dataset, reserve, schedule=schedule, arch=args.arch, seed=args.seed)
             row = {"schedule": schedule, "arch": result.settings["arch"], "n": len(data), "rate": rate,
                    "n_poison": int(truth.sum()), "tpr": tpr, "fpr": fpr, "n_flagged": result.n_flagged,
                    "suspected": result.suspected_classes, "seconds": seconds, "device": name,
