@@ -44,7 +44,8 @@ def register(app: typer.Typer) -> None:
 
 
 def scan_settings(method: str, budget: float | None, frr: float | None, arch: str, epochs: int | None,
-                  cache_dir: Path | None, layer: str | None = None) -> dict:
+                  cache_dir: Path | None, layer: str | None = None, reclassify: bool = False,
+                  reclassify_threshold: float | None = None) -> dict:
     """Detector keyword arguments for ``method``; options that do not apply are refused."""
     if method not in SCAN_METHODS:
         raise SanitizeError(f"unknown method {method!r}; choose from {', '.join(SCAN_METHODS)}")
@@ -61,9 +62,23 @@ def scan_settings(method: str, budget: float | None, frr: float | None, arch: st
         if method != "strip":
             raise SanitizeError(f"--frr applies to strip, not {method}")
         settings["frr"] = frr
+    settings.update(reclassify_settings(method, reclassify, reclassify_threshold))
     if epochs is not None and epochs < 1:
         raise SanitizeError(f"--epochs {epochs}: expected a positive number")
     return settings
+
+
+def reclassify_settings(method: str, reclassify: bool, threshold: float | None) -> dict:
+    """Activation Clustering's exclusionary reclassification options (refused for other methods,
+    and a threshold without ``--reclassify``, which would silently do nothing)."""
+    if (reclassify or threshold is not None) and method != "activation-clustering":
+        option = "--reclassify" if reclassify else "--reclassify-threshold"
+        raise SanitizeError(f"{option} applies to activation-clustering, not {method}")
+    if threshold is not None and not reclassify:
+        raise SanitizeError("--reclassify-threshold applies with --reclassify")
+    if not reclassify:
+        return {}
+    return {"reclassify": True, **({} if threshold is None else {"reclassify_threshold": threshold})}
 
 
 def scan_command(
@@ -80,6 +95,14 @@ def scan_command(
              "pooling, default) or pooled.")] = None,
     frr: Annotated[float | None, typer.Option(
         help="strip: false rejection rate on clean data that sets the threshold (default 0.01).")] = None,
+    reclassify: Annotated[bool, typer.Option(
+        "--reclassify",
+        help="activation-clustering: exclusionary reclassification. One more model, trained without the "
+             "suspicious clusters, classifies them; a cluster it recognises as its own label is cleared, not "
+             "flagged. Off by default (see docs/baselines.md).")] = False,
+    reclassify_threshold: Annotated[float | None, typer.Option(
+        help="activation-clustering --reclassify: a cluster is legitimate when l/p exceeds this (l: its "
+             "samples predicted as their label, p: as the most frequent other class; default 1).")] = None,
     arch: Annotated[str, typer.Option(help="Model trained on DATA: auto (resnet18 on a GPU at >= 32 px, "
                                            "else small_cnn) or a registered architecture.")] = "auto",
     epochs: Annotated[int | None, typer.Option(help="Training epochs (default: by dataset size).")] = None,
@@ -101,7 +124,7 @@ def scan_command(
     from .detectors import get_detector
     from .devices import resolve_device
 
-    settings = scan_settings(method, budget, frr, arch, epochs, cache_dir, layer)
+    settings = scan_settings(method, budget, frr, arch, epochs, cache_dir, layer, reclassify, reclassify_threshold)
     check_arch(arch)
     resolve_device(device)
     if method == "scan" and reserve is None:
