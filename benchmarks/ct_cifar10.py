@@ -9,6 +9,7 @@ apart from training data).
 
     python benchmarks/ct_cifar10.py --rates 0.01 0.003 --schedules fast
     python benchmarks/ct_cifar10.py --limit 10000 --schedules fast reference --json out.json
+    python benchmarks/ct_cifar10.py --limit 3000 --reserve 1000 --rates 0.03 --device cpu --class-stats
 
 Prints one Markdown table row per run and, with ``--json``, writes every figure.
 """
@@ -23,9 +24,29 @@ from sanitize import ct
 from sanitize.attacks import badnet
 
 
+def print_class_stats(result, truth, labels) -> None:
+    """One line per class: the evidence behind the class decision, with the poison it isolated.
+
+    ``flagged poison`` counts ground-truth poison among the class's flagged samples; the
+    isolated samples of an unsuspected class are not flagged, so there it reads 0.
+    """
+    for stat in result.class_stats:
+        members = labels == stat["class"]
+        pretrained, fit = stat.get("likelihood_ratio_pretrained"), stat["held_out_fit_rate"]
+        print(f"    class {stat['class']}: n {stat['n_samples']} poison {int(truth[members].sum())} "
+              f"isolated {stat['n_isolated']} flagged poison {int((result.flagged & truth)[members].sum())} "
+              f"ratio confused {stat['likelihood_ratio_confused']:.3g} "
+              f"pretrained {'-' if pretrained is None else f'{pretrained:.3g}'} "
+              f"held-out fit {'-' if fit is None else f'{fit:.3f}'} "
+              f"suspected {stat['suspected']}", flush=True)
+
+
 def main() -> None:
     ap = detection_parser(__doc__, reserve=2000)
     ap.add_argument("--rates", type=float, nargs="+", default=[0.01, 0.003])
+    ap.add_argument("--class-stats", action="store_true",
+                    help="also print each class's evidence: isolated samples (poison among them), the "
+                         "likelihood ratios, the held-out clean fit rate")
     args = ap.parse_args()
 
     data, reserve = load_cifar_subset(args.data_dir, args.train_parts, args.limit, args.reserve)
@@ -50,6 +71,8 @@ def main() -> None:
                   flush=True)
             phases = {k: round(v, 1) for k, v in result.timings.items()}
             print(f"    phases: {phases}", flush=True)
+            if args.class_stats:
+                print_class_stats(result, truth, poisoned.dataset.labels.cpu().numpy())
             if args.json:
                 args.json.write_text(json.dumps(rows, indent=1))
     if args.json:

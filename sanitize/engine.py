@@ -214,5 +214,39 @@ def infer(model: Classifier, images: torch.Tensor, prep: Preprocess, batch_size:
     return logits, (torch.cat(feats_out) if features else None)
 
 
+def global_pool(model: nn.Module) -> nn.Module | None:
+    """The trunk's last global average pool (its input is the last activation map), if it has one.
+
+    Architectures that pool with a function call instead of a module (torchvision's MobileNetV2
+    and DenseNet-121) have none; their map cannot be read without changing the model.
+    """
+    trunk = getattr(model, "trunk", model)
+    pools = [m for m in trunk.modules() if isinstance(m, nn.AdaptiveAvgPool2d)]
+    return pools[-1] if pools else None
+
+
+@torch.no_grad()
+def pooled_map(model: Classifier, images: torch.Tensor, prep: Preprocess, batch_size: int = 256) -> torch.Tensor:
+    """The last activation map, before global average pooling, flattened (N x C*H*W, float32, CPU).
+
+    Pooling averages a small trigger's few active positions with the whole image; the map keeps
+    them as a large change at a few coordinates, which clustering and spectral tests can see.
+    Read with a forward hook on :func:`global_pool` (the model must have one), in eval mode.
+    """
+    pool = global_pool(model)
+    if pool is None:
+        raise ValueError("the model has no global-pooling module")
+    captured: list[torch.Tensor] = []
+    handle = pool.register_forward_hook(lambda _m, inputs, _o: captured.append(inputs[0].float().flatten(1).cpu()))
+    model.eval()
+    try:
+        for start in range(0, len(images), batch_size):
+            with autocast(images.device):
+                model.trunk(prep(images[start:start + batch_size]))
+    finally:
+        handle.remove()
+    return torch.cat(captured) if captured else torch.empty(0)
+
+
 def steps_per_epoch(n: int, batch_size: int) -> int:
     return max(1, n // min(batch_size, n))

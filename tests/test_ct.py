@@ -14,11 +14,14 @@ from sanitize.detectors.ct import (
     decide_classes,
     distill,
     held_out_fit_rate,
+    last_hidden_layer,
     likelihood_ratio,
     split_holdout,
     with_overrides,
 )
+from sanitize.engine import Preprocess, infer
 from sanitize.errors import SanitizeError
+from sanitize.models import build_model
 
 from .conftest import assert_seeded_on_cpu, digits_split, rates, shared_loader
 
@@ -64,6 +67,28 @@ def test_result_contract() -> None:
     assert {"round 0 pretrain", "round 0 confusion", "detect"} <= set(result.timings)
     assert len(result.class_stats) == data.num_classes
     assert result.settings["arch"] == "small_cnn"  # auto on a CPU
+    for stat in result.class_stats:  # fast: the class test reads the confused and the pretrained model
+        assert stat["likelihood_ratio"] == max(stat["likelihood_ratio_confused"], stat["likelihood_ratio_pretrained"])
+
+
+def test_reference_class_test_reads_the_confused_model_only() -> None:
+    data, reserve = digits_split(0)
+    reference_like = with_overrides(tiny_schedule(), cluster_test_on_pretrained=False)
+    result = ct(data, reserve, schedule=reference_like, device="cpu", seed=0)
+    assert not REFERENCE.cluster_test_on_pretrained
+    for stat in result.class_stats:
+        assert stat["likelihood_ratio_pretrained"] is None
+        assert stat["likelihood_ratio"] == stat["likelihood_ratio_confused"]
+
+
+def test_last_hidden_layer_reads_the_map_before_pooling() -> None:
+    data, _ = digits_split(0)
+    model = build_model("small_cnn", 10, data.channels, 8)
+    prep = Preprocess.fit(data.images)
+    maps = last_hidden_layer(model, data.images[:5], prep)
+    assert maps.shape == (5, 128 * 4 * 4)  # 8 px -> one 2x pool -> 4x4 map of 128 channels
+    pooled = infer(model, data.images[:5], prep, features=True)[1].numpy()
+    np.testing.assert_allclose(maps.reshape(5, 128, 16).mean(axis=2), pooled, rtol=1e-4, atol=1e-5)
 
 
 def test_reference_schedule_is_the_papers() -> None:
@@ -153,3 +178,4 @@ def test_ct_end_to_end_on_cifar10_subset() -> None:
     tpr, fpr = rates(result.flagged, poisoned.is_poison)
     assert tpr >= 0.9, result.class_stats
     assert fpr <= 0.05, result.class_stats
+    assert result.suspected_classes == [0], result.class_stats

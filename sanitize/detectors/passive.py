@@ -27,11 +27,10 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
-from torch import nn
 
 from ..data import ImageDataset, check_reserve
 from ..devices import describe, resolve_device
-from ..engine import autocast
+from ..engine import global_pool, pooled_map
 from ..errors import SanitizeError
 from ..model_cache import TrainedModel, trained_model
 from ..progress import Progress, Silent
@@ -138,37 +137,15 @@ def class_features(trained: TrainedModel, labels: np.ndarray, c: int) -> tuple[n
     return members, trained.features[torch.from_numpy(members)].double().numpy()
 
 
-def global_pool(model: nn.Module) -> nn.Module | None:
-    """The trunk's last global average pool (its input is the last activation map), if it has one.
-
-    Architectures that pool with a function call instead of a module (torchvision's MobileNetV2
-    and DenseNet-121) have none; their map cannot be read without changing the model.
-    """
-    trunk = getattr(model, "trunk", model)
-    pools = [m for m in trunk.modules() if isinstance(m, nn.AdaptiveAvgPool2d)]
-    return pools[-1] if pools else None
-
-
-@torch.no_grad()
 def activation_maps(trained: TrainedModel, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
     """The flattened input of the trunk's global pool for ``images`` (N x C*H*W, float32, CPU).
 
-    Read with a forward hook in eval mode (running batch-norm statistics, no augmentation), the
-    same conditions as the cached pooled features.
+    Read in eval mode (running batch-norm statistics, no augmentation), the same conditions as
+    the cached pooled features.
     """
-    pool = global_pool(trained.model)
-    if pool is None:
+    if global_pool(trained.model) is None:
         raise SanitizeError(f"--layer map: {trained.arch} has no global-pooling module to read the map from")
-    captured: list[torch.Tensor] = []
-    handle = pool.register_forward_hook(lambda _m, inputs, _o: captured.append(inputs[0].float().flatten(1).cpu()))
-    trained.model.eval()
-    try:
-        for start in range(0, len(images), batch_size):
-            with autocast(images.device):
-                trained.model.trunk(trained.prep(images[start:start + batch_size]))
-    finally:
-        handle.remove()
-    return torch.cat(captured) if captured else torch.empty(0)
+    return pooled_map(trained.model, images, trained.prep, batch_size)
 
 
 def resolved_layer(trained: TrainedModel, layer: str) -> str:
