@@ -20,7 +20,8 @@ Deviations from the reference code, each documented in ``docs/ct.md``: seeded; d
 top-up adds each class's lowest-loss samples without duplicates (the reference can append the
 same index twice); the two-Gaussian test uses sklearn's Gaussian fit with a diagonal 1e-3
 regulariser; the ``fast`` schedule's decision rule adds a consistency check (see
-:func:`decide_classes`) so clean datasets are not flagged.
+:func:`decide_classes`) so clean datasets are not flagged, and its class test also reads the last
+round's pretrained model (see :meth:`ConfusionTraining._decide`).
 """
 
 from __future__ import annotations
