@@ -12,7 +12,6 @@ CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "hors
 DEFAULT_DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
-
 def detection_parser(description: str | None, reserve: int) -> argparse.ArgumentParser:
     """The options every CIFAR-10 detection benchmark takes (data, subset, reserve size, schedules,
     model, device, seed, JSON output); each script adds what it poisons with."""
@@ -27,6 +26,7 @@ def detection_parser(description: str | None, reserve: int) -> argparse.Argument
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", type=Path, default=None)
     return ap
+
 
 def load_module(data_dir: Path):
     """Import ``data_dir/load.py`` (the shared data's own loader) as a module."""

@@ -99,7 +99,6 @@ def planned_batches(n: int, batch_size: int, count: int, generator: torch.Genera
     return plan[: count * batch_size].view(count, batch_size).to(device)
 
 
-
 def stratified_split(labels: torch.Tensor, num_classes: int, fraction: float, generator: torch.Generator,
                      min_kept: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """(kept, held) sorted CPU indices: ``round(fraction * n_c)`` random samples of each class held.
@@ -119,6 +118,7 @@ def stratified_split(labels: torch.Tensor, num_classes: int, fraction: float, ge
     mask = torch.ones(len(labels), dtype=torch.bool)
     mask[held_idx] = False
     return torch.nonzero(mask).flatten(), held_idx
+
 
 def make_sgd(model: nn.Module, lr: float, momentum: float, weight_decay: float,
              nesterov: bool = False) -> torch.optim.SGD:

@@ -151,8 +151,6 @@ def get_schedule(name: str) -> CTSchedule:
     return SCHEDULES[name]
 
 
-
-
 def class_frequency_weights(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
     """The reference's ``sqrt(count_c / n + 0.001)``; inspected samples are weighted by 1/freq."""
     counts = torch.bincount(labels, minlength=num_classes).float()
