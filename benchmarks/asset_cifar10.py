@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import sys
 
-from common import detection_parser, load_cifar_subset, pick_device, timed_detection
+from common import detection_parser, load_cifar_subset, pick_device, timed_detection, use_threads
 from sklearn.metrics import roc_auc_score
 
 from sanitize import asset
@@ -38,6 +38,7 @@ def main() -> None:
     ap.add_argument("--attacks", nargs="+", default=DEFAULT_ATTACKS, help="NAME:RATE, e.g. blend:0.01")
     ap.add_argument("--ao-cut", type=float, default=None, help="AO selection cut (default: the schedule's)")
     args = ap.parse_args()
+    use_threads(args.threads)
 
     attacks = [parse_attack(a) for a in args.attacks]
     data, reserve = load_cifar_subset(args.data_dir, args.train_parts, args.limit, args.reserve)

@@ -25,7 +25,16 @@ def detection_parser(description: str | None, reserve: int) -> argparse.Argument
     ap.add_argument("--device", default="auto")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's own)")
     return ap
+
+
+def use_threads(threads: int | None) -> None:
+    """Set torch's CPU thread count when ``--threads`` was given (CPU figures name it)."""
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
 
 
 def load_module(data_dir: Path):

@@ -9,7 +9,7 @@ apart from training data).
 
     python benchmarks/ct_cifar10.py --rates 0.01 0.003 --schedules fast
     python benchmarks/ct_cifar10.py --limit 10000 --schedules fast reference --json out.json
-    python benchmarks/ct_cifar10.py --limit 3000 --reserve 1000 --rates 0.03 --device cpu --class-stats
+    python benchmarks/ct_cifar10.py --limit 3000 --reserve 1000 --rates 0.03 --device cpu --threads 1 --class-stats
 
 Prints one Markdown table row per run and, with ``--json``, writes every figure.
 """
@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 
-from common import detection_parser, load_cifar_subset, pick_device, timed_detection
+from common import detection_parser, load_cifar_subset, pick_device, timed_detection, use_threads
 
 from sanitize import ct
 from sanitize.attacks import badnet
@@ -48,6 +48,7 @@ def main() -> None:
                     help="also print each class's evidence: isolated samples (poison among them), the "
                          "likelihood ratios, the held-out clean fit rate")
     args = ap.parse_args()
+    use_threads(args.threads)
 
     data, reserve = load_cifar_subset(args.data_dir, args.train_parts, args.limit, args.reserve)
     device, name = pick_device(args.device)
