@@ -1,0 +1,104 @@
+#!/usr/bin/env python3
+"""Diagnose ASSET's poison-concentration step on CIFAR-10: does the MLP single out the poison?
+
+ASSET's offset loop only acts on what the concentration MLP selects (AO > cut within each
+inspected batch). This script trains the feature extractor once, as ``sanitize asset`` does,
+then draws ``--batches`` (inspected, reserve) batch pairs and, for each feature variant and MLP
+setting, reports per batch: the poison it holds, how many samples AO selects and how many of
+them are poison, and the within-batch AUROC of the MLP's scores (poison vs clean).
+
+Feature variants: ``eval`` (penultimate features with the running batch-norm statistics: what
+``sanitize asset`` uses), ``train-bn`` (the reference code's: the extractor in train mode, so each
+batch is normalised by its own statistics), ``map`` (the last activation map before global
+pooling, which keeps a small trigger's few positions; what the passive baselines read).
+
+    python benchmarks/asset_concentration.py --attack blend:0.01 --limit 2500 --device cpu --threads 1
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+from asset_cifar10 import parse_attack
+from common import detection_parser, load_cifar_subset, use_threads
+from sklearn.metrics import roc_auc_score
+
+from sanitize.attacks import ATTACKS
+from sanitize.detectors import asset as asset_module
+from sanitize.devices import seed_everything
+from sanitize.engine import infer, pooled_map, train_supervised
+
+
+@torch.no_grad()
+def train_mode_features(model, x: torch.Tensor, prep) -> torch.Tensor:
+    """Penultimate features with batch statistics (the running averages left as they are)."""
+    model.train()
+    with asset_module.batch_norm_without_update(model):
+        features = model.trunk(prep(x)).float()
+    model.eval()
+    return features
+
+
+def main() -> None:
+    ap = detection_parser(__doc__, reserve=1000)
+    ap.add_argument("--attack", default="blend:0.01", help="NAME:RATE")
+    ap.add_argument("--batches", type=int, default=12)
+    ap.add_argument("--mlp", nargs="+", default=["50:2e-3", "200:2e-3", "1000:2e-3"], help="STEPS:LR settings")
+    ap.add_argument("--ao-cut", type=float, default=2.0)
+    args = ap.parse_args()
+    use_threads(args.threads)
+    name, rate = parse_attack(args.attack)
+    data, reserve = load_cifar_subset(args.data_dir, args.train_parts, args.limit, args.reserve)
+    poisoned = ATTACKS[name](data, rate, target=0, seed=args.seed)
+    truth = poisoned.is_poison
+
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                          "cpu" if args.device == "auto" else args.device)
+    detector = asset_module.ASSET(seed=args.seed, arch=args.arch)
+    schedule = detector.resolved_schedule()
+    gen = seed_everything(args.seed)
+    inp = detector.inputs(poisoned.dataset, reserve, device)
+    spec = asset_module.extractor_spec(schedule, len(inp.y), inp.image_side, None)
+    start = time.perf_counter()
+    model = train_supervised(inp.factory(), inp.x, inp.y, spec, inp.prep, gen)
+    model.eval()
+    predicted = infer(model, inp.x, inp.prep)[0].argmax(1).cpu().numpy()
+    print(f"extractor ({inp.arch}, {time.perf_counter() - start:.0f} s): poison predicted as the target "
+          f"{(predicted[truth] == 0).mean():.2f}, clean training accuracy "
+          f"{(predicted[~truth] == inp.y.cpu().numpy()[~truth]).mean():.2f}")
+
+    stored = {"eval": (asset_module.penultimate(model, inp.x, inp.prep),
+                       asset_module.penultimate(model, inp.reserve_x, inp.prep)),
+              "map": (pooled_map(model, inp.x, inp.prep).to(device),
+                      pooled_map(model, inp.reserve_x, inp.prep).to(device))}
+    draw = torch.Generator().manual_seed(args.seed + 1)
+    pairs = [(torch.randperm(len(inp.y), generator=draw)[:schedule.batch_size].to(device),
+              torch.randperm(len(inp.reserve_y), generator=draw)[:schedule.batch_size].to(device))
+             for _ in range(args.batches)]
+    print("| features | MLP steps, lr | poison per batch | selected | poison selected | empty | AUROC |")
+    print("|---|---|---|---|---|---|---|")
+    for variant in ("eval", "train-bn", "map"):
+        for setting in args.mlp:
+            steps, lr = int(setting.split(":")[0]), float(setting.split(":")[1])
+            rows = []
+            for b, (d_idx, r_idx) in enumerate(pairs):
+                if variant == "train-bn":
+                    d, r = train_mode_features(model, inp.x[d_idx], inp.prep), \
+                        train_mode_features(model, inp.reserve_x[r_idx], inp.prep)
+                else:
+                    d, r = stored[variant][0][d_idx], stored[variant][1][r_idx]
+                torch.manual_seed(args.seed + b)
+                scores = asset_module.concentration_scores(d, r, steps, lr, schedule.mlp_hidden).cpu().numpy()
+                chosen = asset_module.select_outliers(scores, args.ao_cut)
+                poison = truth[d_idx.cpu().numpy()]
+                auroc = roc_auc_score(poison, scores) if 0 < poison.sum() < len(poison) else np.nan
+                rows.append((poison.sum(), len(chosen), poison[chosen].sum(), len(chosen) == 0, auroc))
+            m = np.array(rows, dtype=float)
+            print(f"| {variant} | {steps}, {lr:g} | {m[:, 0].mean():.1f} | {m[:, 1].mean():.2f} | "
+                  f"{m[:, 2].mean():.2f} | {int(m[:, 3].sum())}/{len(pairs)} | {np.nanmean(m[:, 4]):.3f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
