@@ -22,7 +22,7 @@ import time
 import numpy as np
 import torch
 from asset_cifar10 import parse_attack
-from common import detection_parser, load_cifar_subset, use_threads
+from common import detection_parser, load_cifar_subset, pick_device, use_threads
 from sklearn.metrics import roc_auc_score
 
 from sanitize.attacks import ATTACKS
@@ -54,8 +54,7 @@ def main() -> None:
     poisoned = ATTACKS[name](data, rate, target=0, seed=args.seed)
     truth = poisoned.is_poison
 
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          "cpu" if args.device == "auto" else args.device)
+    device = torch.device(pick_device(args.device)[0])
     detector = asset_module.ASSET(seed=args.seed, arch=args.arch)
     schedule = detector.resolved_schedule()
     gen = seed_everything(args.seed)
@@ -69,26 +68,26 @@ def main() -> None:
           f"{(predicted[truth] == 0).mean():.2f}, clean training accuracy "
           f"{(predicted[~truth] == inp.y.cpu().numpy()[~truth]).mean():.2f}")
 
-    stored = {"eval": (asset_module.penultimate(model, inp.x, inp.prep),
-                       asset_module.penultimate(model, inp.reserve_x, inp.prep)),
-              "map": (pooled_map(model, inp.x, inp.prep).to(device),
-                      pooled_map(model, inp.reserve_x, inp.prep).to(device))}
     draw = torch.Generator().manual_seed(args.seed + 1)
     pairs = [(torch.randperm(len(inp.y), generator=draw)[:schedule.batch_size].to(device),
               torch.randperm(len(inp.reserve_y), generator=draw)[:schedule.batch_size].to(device))
              for _ in range(args.batches)]
+    # each variant's (inspected, reserve) features of every batch pair, computed once for all MLP settings
+    stored = {"eval": (asset_module.penultimate(model, inp.x, inp.prep),
+                       asset_module.penultimate(model, inp.reserve_x, inp.prep)),
+              "map": (pooled_map(model, inp.x, inp.prep).to(device),
+                      pooled_map(model, inp.reserve_x, inp.prep).to(device))}
+    features = {name: [(d[d_idx], r[r_idx]) for d_idx, r_idx in pairs] for name, (d, r) in stored.items()}
+    features["train-bn"] = [(train_mode_features(model, inp.x[d_idx], inp.prep),
+                             train_mode_features(model, inp.reserve_x[r_idx], inp.prep)) for d_idx, r_idx in pairs]
     print("| features | MLP steps, lr | poison per batch | selected | poison selected | empty | AUROC |")
     print("|---|---|---|---|---|---|---|")
     for variant in ("eval", "train-bn", "map"):
         for setting in args.mlp:
-            steps, lr = int(setting.split(":")[0]), float(setting.split(":")[1])
+            steps_text, lr_text = setting.split(":")
+            steps, lr = int(steps_text), float(lr_text)
             rows = []
-            for b, (d_idx, r_idx) in enumerate(pairs):
-                if variant == "train-bn":
-                    d, r = train_mode_features(model, inp.x[d_idx], inp.prep), \
-                        train_mode_features(model, inp.reserve_x[r_idx], inp.prep)
-                else:
-                    d, r = stored[variant][0][d_idx], stored[variant][1][r_idx]
+            for b, ((d_idx, _), (d, r)) in enumerate(zip(pairs, features[variant], strict=True)):
                 torch.manual_seed(args.seed + b)
                 scores = asset_module.concentration_scores(d, r, steps, lr, schedule.mlp_hidden).cpu().numpy()
                 chosen = asset_module.select_outliers(scores, args.ao_cut)
