@@ -45,6 +45,8 @@ from .conftest import (
 # --- detection on real data (digits, small_cnn on the CPU) -----------------------------------
 
 
+# Blend on digits is seed-sensitive (docs/asset.md, Known limits: TPR 0.015-1.000 over seeds 0-4
+# with one thread, and 0.761 at seed 0 with one thread against 0.940 with the CI's two).
 @pytest.mark.parametrize("attack,seed", [(badnet, 0), (blend, 0), (badnet, 1)])
 def test_asset_finds_poison_on_digits(attack, seed: int) -> None:
     data, reserve = digits_split(seed)
