@@ -5,8 +5,9 @@ The sets of ``tests/test_asset.py``: scikit-learn digits, 25 % stratified reserv
 run's seed, 5 % BadNet corner patch or Blend (target class 0), or no poison (``clean``),
 ``small_cnn`` on the CPU. A variant is a JSON object of ``AssetSchedule`` fields changed from
 ``fast``; ``{}`` is ``fast`` itself. One JSON line per run (flush on each, so a stopped run keeps
-what it measured), then one Markdown row per variant and attack. The table in docs/asset.md
-("Blend on digits is seed-sensitive") came from two such runs side by side, one thread each:
+what it measured), then one Markdown row per variant and attack. It makes the same calls as
+the runs behind the table in docs/asset.md ("Blend on digits is seed-sensitive"; two runs side
+by side, one thread each), e.g.:
 
     python benchmarks/asset_digits_seeds.py --threads 1 --variants '{}' '{"lr": 0.002}' '{"ao_cut": 1.5}'
 """
@@ -15,11 +16,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from collections import defaultdict
 
 import numpy as np
-from common import use_threads
+from common import timed_detection, use_threads
 from sklearn.metrics import roc_auc_score
 
 from sanitize import asset, examples
@@ -37,17 +37,14 @@ def one_run(attack: str, seed: int, variant: dict, rate: float) -> dict:
     else:
         poisoned = ATTACKS[attack](data, rate, target=0, seed=seed)
         inspected, truth = poisoned.dataset, poisoned.is_poison
-    start = time.perf_counter()
-    result = asset(inspected, reserve, device="cpu", seed=seed, schedule=with_overrides(FAST, **variant))
-    flagged = result.flagged
-    return {"attack": attack, "seed": seed, "variant": variant,
-            "tpr": float((flagged & truth).sum() / max(1, truth.sum())),
-            "fpr": float((flagged & ~truth).sum() / max(1, (~truth).sum())),
-            "n_flagged": int(flagged.sum()),
+    result, seconds, tpr, fpr = timed_detection(asset, truth, "cpu", inspected, reserve, seed=seed,
+                                                schedule=with_overrides(FAST, **variant))
+    return {"attack": attack, "seed": seed, "variant": variant, "tpr": tpr, "fpr": fpr,
+            "n_flagged": result.n_flagged,
             "auroc": float(roc_auc_score(truth, result.scores)) if truth.any() else None,
             "empty_selections": result.settings["empty_selections"],
             "selected_total": result.settings["selected_total"],
-            "suspected": result.suspected_classes, "seconds": round(time.perf_counter() - start, 1)}
+            "suspected": result.suspected_classes, "seconds": round(seconds, 1)}
 
 
 def summary_rows(runs: list[dict]) -> list[str]:
