@@ -39,6 +39,8 @@ def main() -> None:
     ap.add_argument("--ao-cut", type=float, default=None, help="AO selection cut (default: the schedule's)")
     ap.add_argument("--mlp-steps", type=int, default=None, help="concentration-MLP steps (default: the schedule's)")
     ap.add_argument("--lr", type=float, default=None, help="offset-loop Adam lr (default: the schedule's)")
+    ap.add_argument("--selection", choices=["ao", "crossfit"], default=None,
+                    help="max-step selection rule (default: the schedule's; docs/asset.md)")
     args = ap.parse_args()
     use_threads(args.threads)
 
@@ -55,7 +57,7 @@ def main() -> None:
         for schedule in args.schedules:
             result, seconds, tpr, fpr = timed_detection(
                 asset, truth, device, poisoned.dataset, reserve, schedule=schedule, arch=args.arch, seed=args.seed,
-                ao_cut=args.ao_cut, mlp_steps=args.mlp_steps, lr=args.lr)
+                ao_cut=args.ao_cut, mlp_steps=args.mlp_steps, lr=args.lr, selection=args.selection)
             auroc = float(roc_auc_score(truth, result.scores)) if 0 < truth.sum() < len(truth) else None
             row = {"attack": attack, "rate": rate, "schedule": schedule, "arch": result.settings["arch"],
                    "n": len(data), "n_poison": int(truth.sum()), "tpr": tpr, "fpr": fpr, "auroc": auroc,

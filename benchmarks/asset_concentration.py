@@ -1,11 +1,13 @@
 #!/usr/bin/env python3
 """Diagnose ASSET's poison-concentration step on CIFAR-10: does the MLP single out the poison?
 
-ASSET's offset loop only acts on what the concentration MLP selects (AO > cut within each
-inspected batch). This script trains the feature extractor once, as ``sanitize asset`` does,
+ASSET's offset loop only acts on what the concentration MLP selects (``--selection ao``: the
+paper's AO > cut within each inspected batch; ``crossfit``: ``fast``'s held-out scores above the
+reserve's, see docs/asset.md). This script trains the feature extractor once, as ``sanitize asset`` does,
 then draws ``--batches`` (inspected, reserve) batch pairs and, for each feature variant and MLP
 setting, reports per batch: the poison it holds, how many samples AO selects and how many of
-them are poison, and the within-batch AUROC of the MLP's scores (poison vs clean).
+them are poison, and the within-batch AUROC of the MLP's scores (poison vs clean; held-out
+scores for ``crossfit``).
 
 Feature variants: ``eval`` (penultimate features with the running batch-norm statistics: what
 ``sanitize asset`` uses), ``train-bn`` (the reference code's: the extractor in train mode, so each
@@ -41,12 +43,24 @@ def train_mode_features(model, x: torch.Tensor, prep) -> torch.Tensor:
     return features
 
 
+def select(d: torch.Tensor, r: torch.Tensor, steps: int, lr: float, hidden: int, args,
+           gen: torch.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """The D batch's concentration scores and the positions the chosen rule selects."""
+    if args.selection == "crossfit":
+        d_scores, r_scores, d_fold, r_fold = asset_module.crossfit_scores(d, r, steps, lr, hidden, gen)
+        return d_scores.cpu().numpy(), asset_module.crossfit_selection(d_scores, r_scores, d_fold, r_fold, args.margin)
+    scores = asset_module.concentration_scores(d, r, steps, lr, hidden).cpu().numpy()
+    return scores, asset_module.select_outliers(scores, args.ao_cut)
+
+
 def main() -> None:
     ap = detection_parser(__doc__, reserve=1000)
     ap.add_argument("--attack", default="blend:0.01", help="NAME:RATE")
     ap.add_argument("--batches", type=int, default=12)
     ap.add_argument("--mlp", nargs="+", default=["50:2e-3", "200:2e-3", "1000:2e-3"], help="STEPS:LR settings")
     ap.add_argument("--ao-cut", type=float, default=2.0)
+    ap.add_argument("--selection", choices=["ao", "crossfit"], default="ao")
+    ap.add_argument("--margin", type=float, default=1.0, help="crossfit: robust SDs above the reserve's maximum")
     args = ap.parse_args()
     use_threads(args.threads)
     name, rate = parse_attack(args.attack)
@@ -89,8 +103,7 @@ def main() -> None:
             rows = []
             for b, ((d_idx, _), (d, r)) in enumerate(zip(pairs, features[variant], strict=True)):
                 torch.manual_seed(args.seed + b)
-                scores = asset_module.concentration_scores(d, r, steps, lr, schedule.mlp_hidden).cpu().numpy()
-                chosen = asset_module.select_outliers(scores, args.ao_cut)
+                scores, chosen = select(d, r, steps, lr, schedule.mlp_hidden, args, torch.Generator().manual_seed(b))
                 poison = truth[d_idx.cpu().numpy()]
                 auroc = roc_auc_score(poison, scores) if 0 < poison.sum() < len(poison) else np.nan
                 rows.append((poison.sum(), len(chosen), poison[chosen].sum(), len(chosen) == 0, auroc))
