@@ -23,6 +23,7 @@ from sanitize.detectors.asset import (
     crossfit_scores,
     crossfit_selection,
     extractor_spec,
+    flags_beyond_chance,
     frozen_norm_stats,
     level_set_z,
     loss_threshold,
@@ -71,6 +72,7 @@ def test_clean_digits_flag_at_most_one_percent() -> None:
     # (where the reference's empty selections crash), and the canaries floor the cut
     assert result.settings["selected_total"] <= result.settings["offset_steps"]
     assert result.settings["canaries"] > 0 and "canary_max_z" in result.settings["threshold"]
+    assert result.suspected_classes == []
 
 
 def tiny() -> object:
@@ -242,6 +244,20 @@ def test_suspected_classes_hold_the_flags() -> None:
     flagged[:8] = True
     flagged[10] = True
     assert suspected_from_flags(flagged, labels, 3) == [0]
+
+
+
+def test_stray_flags_are_not_a_target_class_beyond_the_canaries_chance_rate() -> None:
+    labels = np.repeat(np.arange(10), 135)  # digits-sized classes
+    stray = np.zeros(len(labels), dtype=bool)
+    stray[[135, 136]] = True  # two flags in class 1
+    assert suspected_from_flags(stray, labels, 10) == [1]  # no chance rate: the count rule alone
+    assert suspected_from_flags(stray, labels, 10, chance=1 / 91) == []  # 90 canaries: p = 0.44
+    poisoned = stray.copy()
+    poisoned[:60] = True  # 60 flags in class 0 (dirty-label poison)
+    assert suspected_from_flags(poisoned, labels, 10, chance=1 / 91) == [0]
+    p = flags_beyond_chance(poisoned, labels, 10, 1 / 91)
+    assert p[0] < 1e-30 and p[1] == pytest.approx(0.4375, abs=1e-3) and p[2] == 1.0
 
 
 def test_norm_statistics_are_not_moved_by_the_max_step() -> None:

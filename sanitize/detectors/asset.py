@@ -46,6 +46,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from scipy.stats import binom
 from statsmodels.stats.stattools import medcouple
 from torch import nn
 from torch.func import functional_call, stack_module_state
@@ -755,15 +756,32 @@ def extractor_spec(schedule: AssetSchedule, n: int, image_side: int | None, augm
     return replace(spec, epochs=epochs, augment=use_aug)
 
 
-def suspected_from_flags(flagged: np.ndarray, labels: np.ndarray, num_classes: int) -> list[int]:
+def flags_beyond_chance(flagged: np.ndarray, labels: np.ndarray, num_classes: int, chance: float) -> np.ndarray:
+    """Per class, the probability of at least its flag count if each of its samples were flagged
+    independently at rate ``chance`` (the binomial upper tail; 1 for a class without flags)."""
+    counts = np.bincount(labels[flagged], minlength=num_classes)
+    sizes = np.bincount(labels, minlength=num_classes)
+    return np.where(counts > 0, binom.sf(counts - 1, sizes, chance), 1.0)
+
+
+def suspected_from_flags(flagged: np.ndarray, labels: np.ndarray, num_classes: int, chance: float = 0.0
+                         ) -> list[int]:
     """Classes that hold a real share of the flags: >= 2 flags and >= half the busiest class's.
 
     ASSET scores samples, not classes; a dirty-label backdoor concentrates its flags in the
-    target class, while a few stray false positives scatter across classes.
+    target class, while a few stray false positives scatter across classes. With canaries, a
+    clean sample clears the cut with probability at most ``chance`` = 1/(m+1) on average (m
+    canaries), so a class must also hold more flags than that rate explains (binomial tail
+    below 1e-3, :func:`flags_beyond_chance`): two stray flags in a class of 135 clean digits
+    (p = 0.44) no longer make it a target, while 0.3 % poison of 50,000 images (150 flags in a
+    class of 5,000, 200 canaries: p < 1e-60) still does.
     """
     counts = np.bincount(labels[flagged], minlength=num_classes)
     top = counts.max() if len(counts) else 0
-    return [c for c in range(num_classes) if counts[c] >= 2 and counts[c] >= 0.5 * top]
+    beyond = np.ones(num_classes, dtype=bool)
+    if chance > 0:
+        beyond = flags_beyond_chance(flagged, labels, num_classes, chance) < 1e-3
+    return [c for c in range(num_classes) if counts[c] >= 2 and counts[c] >= 0.5 * top and beyond[c]]
 
 
 @dataclass
@@ -889,13 +907,17 @@ class ASSET:
                 class_shift: np.ndarray) -> DetectionResult:
         """Scores and flags of every input row (rows not inspected: score 0, never flagged), per-class stats."""
         c = inp.num_classes
-        suspected = suspected_from_flags(flagged, labels, c) if flagged.any() else []
+        chance = 1.0 / (inp.n_canaries + 1) if inp.n_canaries else 0.0
+        suspected = suspected_from_flags(flagged, labels, c, chance) if flagged.any() else []
         sizes = np.bincount(labels, minlength=c)
         n_flag = np.bincount(labels[flagged], minlength=c)
         stats = [{"class": k, "n_samples": int(sizes[k]), "n_flagged": int(n_flag[k]),
                   "median_loss": float(np.median(losses[labels == k])) if sizes[k] else None,
                   "reserve_median_log_loss": float(class_shift[k]),
                   "suspected": k in suspected} for k in range(c)]
+        if chance:
+            for entry, p_value in zip(stats, flags_beyond_chance(flagged, labels, c, chance), strict=True):
+                entry["flags_chance_p"] = float(p_value)
         scores = np.zeros(inp.n_rows)
         all_flags = np.zeros(inp.n_rows, dtype=bool)
         scores[inp.inspected] = losses
