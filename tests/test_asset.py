@@ -252,11 +252,12 @@ def test_stray_flags_are_not_a_target_class_beyond_the_canaries_chance_rate() ->
     stray = np.zeros(len(labels), dtype=bool)
     stray[[135, 136]] = True  # two flags in class 1
     assert suspected_from_flags(stray, labels, 10) == [1]  # no chance rate: the count rule alone
-    assert suspected_from_flags(stray, labels, 10, chance=1 / 91) == []  # 90 canaries: p = 0.44
+    # 90 canaries: two flags of 135 at a chance rate of 1/91 have p = 0.44
+    assert suspected_from_flags(stray, labels, 10, flags_beyond_chance(stray, labels, 10, 1 / 91)) == []
     poisoned = stray.copy()
     poisoned[:60] = True  # 60 flags in class 0 (dirty-label poison)
-    assert suspected_from_flags(poisoned, labels, 10, chance=1 / 91) == [0]
     p = flags_beyond_chance(poisoned, labels, 10, 1 / 91)
+    assert suspected_from_flags(poisoned, labels, 10, p) == [0]
     assert p[0] < 1e-30 and p[1] == pytest.approx(0.4375, abs=1e-3) and p[2] == 1.0
 
 

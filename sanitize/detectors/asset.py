@@ -764,24 +764,22 @@ def flags_beyond_chance(flagged: np.ndarray, labels: np.ndarray, num_classes: in
     return np.where(counts > 0, binom.sf(counts - 1, sizes, chance), 1.0)
 
 
-def suspected_from_flags(flagged: np.ndarray, labels: np.ndarray, num_classes: int, chance: float = 0.0
-                         ) -> list[int]:
+def suspected_from_flags(flagged: np.ndarray, labels: np.ndarray, num_classes: int,
+                         chance_p: np.ndarray | None = None) -> list[int]:
     """Classes that hold a real share of the flags: >= 2 flags and >= half the busiest class's.
 
     ASSET scores samples, not classes; a dirty-label backdoor concentrates its flags in the
     target class, while a few stray false positives scatter across classes. With canaries, a
-    clean sample clears the cut with probability at most ``chance`` = 1/(m+1) on average (m
-    canaries), so a class must also hold more flags than that rate explains (binomial tail
-    below 1e-3, :func:`flags_beyond_chance`): two stray flags in a class of 135 clean digits
-    (p = 0.44) no longer make it a target, while 0.3 % poison of 50,000 images (150 flags in a
-    class of 5,000, 200 canaries: p < 1e-60) still does.
+    clean sample clears the cut with probability at most 1/(m+1) on average (m canaries), so a
+    class must also hold more flags than that rate explains: ``chance_p`` (from
+    :func:`flags_beyond_chance`) below 1e-3. Two stray flags in a class of 135 clean digits
+    (p = 0.44) then no longer make it a target, while 0.3 % poison of 50,000 images (150 flags in
+    a class of 5,000, 200 canaries: p < 1e-60) still does.
     """
     counts = np.bincount(labels[flagged], minlength=num_classes)
     top = counts.max() if len(counts) else 0
-    beyond = np.ones(num_classes, dtype=bool)
-    if chance > 0:
-        beyond = flags_beyond_chance(flagged, labels, num_classes, chance) < 1e-3
-    return [c for c in range(num_classes) if counts[c] >= 2 and counts[c] >= 0.5 * top and beyond[c]]
+    return [c for c in range(num_classes) if counts[c] >= 2 and counts[c] >= 0.5 * top
+            and (chance_p is None or chance_p[c] < 1e-3)]
 
 
 @dataclass
@@ -907,16 +905,16 @@ class ASSET:
                 class_shift: np.ndarray) -> DetectionResult:
         """Scores and flags of every input row (rows not inspected: score 0, never flagged), per-class stats."""
         c = inp.num_classes
-        chance = 1.0 / (inp.n_canaries + 1) if inp.n_canaries else 0.0
-        suspected = suspected_from_flags(flagged, labels, c, chance) if flagged.any() else []
+        chance_p = flags_beyond_chance(flagged, labels, c, 1.0 / (inp.n_canaries + 1)) if inp.n_canaries else None
+        suspected = suspected_from_flags(flagged, labels, c, chance_p) if flagged.any() else []
         sizes = np.bincount(labels, minlength=c)
         n_flag = np.bincount(labels[flagged], minlength=c)
         stats = [{"class": k, "n_samples": int(sizes[k]), "n_flagged": int(n_flag[k]),
                   "median_loss": float(np.median(losses[labels == k])) if sizes[k] else None,
                   "reserve_median_log_loss": float(class_shift[k]),
                   "suspected": k in suspected} for k in range(c)]
-        if chance:
-            for entry, p_value in zip(stats, flags_beyond_chance(flagged, labels, c, chance), strict=True):
+        if chance_p is not None:
+            for entry, p_value in zip(stats, chance_p, strict=True):
                 entry["flags_chance_p"] = float(p_value)
         scores = np.zeros(inp.n_rows)
         all_flags = np.zeros(inp.n_rows, dtype=bool)
