@@ -625,15 +625,24 @@ def with_canaries(inp: Inputs, fraction: float, gen: torch.Generator) -> Inputs:
     loss; only ``l_min`` no longer sees them. Their losses therefore show how far the loop pushes
     clean samples by chance, which :func:`loss_threshold` uses as a floor for the cut. Classes
     with fewer than 4 reserve samples give none, and every class keeps at least 2 for ``l_min``.
+
+    Images (device tensors) are concatenated: a copy of a few hundred images costs nothing, and
+    a plain tensor is gathered per batch without the boolean masks of :class:`Samples`, which
+    wait for the GPU on every batch. Feature rows stay :class:`Samples` views, so a
+    memory-mapped matrix is never copied whole.
     """
     kept, canaries = stratified_split(inp.reserve_y, inp.num_classes, fraction, gen, min_kept=2)
     if len(canaries) == 0:
         return inp
     device = inp.reserve_y.device
-    return replace(inp, x=Samples(*_parts(inp.x), *_parts(inp.reserve_x, canaries)),
-                   y=torch.cat([inp.y, inp.reserve_y[canaries.to(device)]]),
-                   reserve_x=Samples(*_parts(inp.reserve_x, kept)), reserve_y=inp.reserve_y[kept.to(device)],
-                   n_canaries=len(canaries))
+    kept, canaries = kept.to(device), canaries.to(device)
+    if isinstance(inp.x, torch.Tensor) and isinstance(inp.reserve_x, torch.Tensor):
+        x, reserve_x = torch.cat([inp.x, inp.reserve_x[canaries]]), inp.reserve_x[kept]
+    else:
+        x = Samples(*_parts(inp.x), *_parts(inp.reserve_x, canaries))
+        reserve_x = Samples(*_parts(inp.reserve_x, kept))
+    return replace(inp, x=x, y=torch.cat([inp.y, inp.reserve_y[canaries]]), reserve_x=reserve_x,
+                   reserve_y=inp.reserve_y[kept], n_canaries=len(canaries))
 
 
 def _parts(x: torch.Tensor | Samples, take: torch.Tensor | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
