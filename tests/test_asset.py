@@ -210,7 +210,7 @@ def test_crossfit_scores_are_held_out() -> None:
     assert torch.equal(before[others], after[others])
     assert not torch.equal(before[d_fold == 0], after[d_fold == 0])
     assert (d_fold == 0).sum() == len(d) // 2  # balanced folds
-    # the rule compares like with like: D against the reserve scored by the same MLP
+    # a fold with fewer than two held-out reserve scores has no reference to beat: nothing selected
     assert len(crossfit_selection(before, torch.zeros(1), d_fold, torch.zeros(1, dtype=torch.long), 1.0)) == 0
 
 
@@ -244,7 +244,6 @@ def test_suspected_classes_hold_the_flags() -> None:
     flagged[:8] = True
     flagged[10] = True
     assert suspected_from_flags(flagged, labels, 3) == [0]
-
 
 
 def test_stray_flags_are_not_a_target_class_beyond_the_canaries_chance_rate() -> None:
