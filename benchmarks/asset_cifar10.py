@@ -36,7 +36,8 @@ def parse_attack(spec: str) -> tuple[str, float]:
 def main() -> None:
     ap = detection_parser(__doc__, reserve=1000)
     ap.add_argument("--attacks", nargs="+", default=DEFAULT_ATTACKS, help="NAME:RATE, e.g. blend:0.01")
-    ap.add_argument("--ao-cut", type=float, default=None, help="AO selection cut (default: the schedule's)")
+    ap.add_argument("--ao-cut", type=float, default=None,
+                    help="AO selection cut, with --selection ao (default: the schedule's)")
     ap.add_argument("--mlp-steps", type=int, default=None, help="concentration-MLP steps (default: the schedule's)")
     ap.add_argument("--lr", type=float, default=None, help="offset-loop Adam lr (default: the schedule's)")
     ap.add_argument("--selection", choices=["ao", "crossfit"], default=None,

@@ -6,10 +6,11 @@ run's seed, 5 % BadNet corner patch or Blend (target class 0), or no poison (``c
 ``small_cnn`` on the CPU. A variant is a JSON object of ``AssetSchedule`` fields changed from
 ``fast``; ``{}`` is ``fast`` itself. One JSON line per run (flush on each, so a stopped run keeps
 what it measured), then one Markdown row per variant and attack. It makes the same calls as
-the runs behind the table in docs/asset.md ("Blend on digits is seed-sensitive"; two runs side
-by side, one thread each), e.g.:
+the runs behind the tables in docs/asset.md ("Cross-fitted selection, with canaries" and "Before
+cross-fitting, Blend on digits was seed-sensitive"; two runs side by side, one thread each), e.g.:
 
-    python benchmarks/asset_digits_seeds.py --threads 1 --variants '{}' '{"lr": 0.002}' '{"ao_cut": 1.5}'
+    python benchmarks/asset_digits_seeds.py --threads 1 --variants '{}' '{"lr": 0.002}' \
+        '{"selection": "ao", "canary_fraction": 0, "ao_cut": 1.5}'
 """
 
 from __future__ import annotations

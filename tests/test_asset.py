@@ -99,6 +99,9 @@ def test_registry_and_settings() -> None:
     with pytest.raises(SanitizeError, match="selection"):
         ASSET(selection="top-k").resolved_schedule()
     assert ASSET(selection="ao").resolved_schedule().selection == "ao"
+    with pytest.raises(SanitizeError, match="ao_cut"):  # fast selects by crossfit: the cut would do nothing
+        ASSET(ao_cut=1.5).resolved_schedule()
+    assert ASSET(selection="ao", ao_cut=1.5).resolved_schedule().ao_cut == 1.5
 
 
 def test_reference_schedule_is_the_papers() -> None:

@@ -834,6 +834,9 @@ class ASSET:
         if schedule.selection not in ("ao", "crossfit") or schedule.selection_margin < 0:
             raise SanitizeError(f"selection {schedule.selection!r} (margin {schedule.selection_margin}): "
                                 f"expected ao or crossfit with a margin >= 0")
+        if self.ao_cut is not None and schedule.selection != "ao":
+            raise SanitizeError(f"ao_cut applies to the ao selection only; this schedule selects by "
+                                f"{schedule.selection} (pass selection='ao' too)")
         level_set_z(schedule.epsilon)
         if self.bn_mode not in ("reserve", "batch-frozen", "batch"):
             raise SanitizeError(f"bn_mode {self.bn_mode!r}: expected reserve or batch")
