@@ -22,6 +22,7 @@ from sklearn.metrics import roc_auc_score
 
 from sanitize import asset
 from sanitize.attacks import ATTACKS
+from sanitize.detectors.asset import SELECTIONS
 
 DEFAULT_ATTACKS = ["badnet:0.01", "blend:0.01", "sig:0.02"]
 
@@ -40,8 +41,10 @@ def main() -> None:
                     help="AO selection cut, with --selection ao (default: the schedule's)")
     ap.add_argument("--mlp-steps", type=int, default=None, help="concentration-MLP steps (default: the schedule's)")
     ap.add_argument("--lr", type=float, default=None, help="offset-loop Adam lr (default: the schedule's)")
-    ap.add_argument("--selection", choices=["ao", "crossfit"], default=None,
+    ap.add_argument("--selection", choices=list(SELECTIONS), default=None,
                     help="max-step selection rule (default: the schedule's; docs/asset.md)")
+    ap.add_argument("--margin", type=float, default=None,
+                    help="crossfit/global selection margin in robust SDs (default: the schedule's)")
     args = ap.parse_args()
     use_threads(args.threads)
 
@@ -58,13 +61,15 @@ def main() -> None:
         for schedule in args.schedules:
             result, seconds, tpr, fpr = timed_detection(
                 asset, truth, device, poisoned.dataset, reserve, schedule=schedule, arch=args.arch, seed=args.seed,
-                ao_cut=args.ao_cut, mlp_steps=args.mlp_steps, lr=args.lr, selection=args.selection)
+                ao_cut=args.ao_cut, mlp_steps=args.mlp_steps, lr=args.lr, selection=args.selection,
+                selection_margin=args.margin)
             auroc = float(roc_auc_score(truth, result.scores)) if 0 < truth.sum() < len(truth) else None
             row = {"attack": attack, "rate": rate, "schedule": schedule, "arch": result.settings["arch"],
                    "n": len(data), "n_poison": int(truth.sum()), "tpr": tpr, "fpr": fpr, "auroc": auroc,
                    "n_flagged": result.n_flagged, "suspected": result.suspected_classes, "seconds": seconds,
                    "device": name, "timings": result.timings, "seed": args.seed,
                    "empty_selections": result.settings["empty_selections"],
+                   "global_selected": result.settings.get("global_selected"),
                    "offset_steps": result.settings["offset_steps"], "threshold": result.settings["threshold"]}
             rows.append(row)
             print(f"| {attack} | {rate} | {schedule} | {row['arch']} | {len(data)} | {row['n_poison']} | {tpr:.3f} | "
@@ -72,7 +77,9 @@ def main() -> None:
                   flush=True)
             phases = {k: round(v, 1) for k, v in result.timings.items()}
             print(f"    loss AUROC {auroc}; phases: {phases}; offset steps {row['offset_steps']}, "
-                  f"{row['empty_selections']} with an empty selection", flush=True)
+                  f"{row['empty_selections']} with an empty selection"
+                  + (f"; {row['global_selected']} selected from the whole set" if row["global_selected"] is not None
+                     else ""), flush=True)
             if args.json:
                 args.json.write_text(json.dumps(rows, indent=1))
 

@@ -25,6 +25,9 @@ from sanitize.detectors.asset import (
     extractor_spec,
     flags_beyond_chance,
     frozen_norm_stats,
+    global_crossfit_scores,
+    global_picks,
+    global_selection,
     level_set_z,
     loss_threshold,
     robust_z,
@@ -99,6 +102,7 @@ def test_registry_and_settings() -> None:
     with pytest.raises(SanitizeError, match="selection"):
         ASSET(selection="top-k").resolved_schedule()
     assert ASSET(selection="ao").resolved_schedule().selection == "ao"
+    assert ASSET(selection="global", selection_margin=0.5).resolved_schedule().selection_margin == 0.5
     with pytest.raises(SanitizeError, match="ao_cut"):  # fast selects by crossfit: the cut would do nothing
         ASSET(ao_cut=1.5).resolved_schedule()
     assert ASSET(selection="ao", ao_cut=1.5).resolved_schedule().ao_cut == 1.5
@@ -164,19 +168,20 @@ def test_empty_and_degenerate_selections() -> None:
     assert len(select_outliers(np.array([1.0, 2.0]), 2.0)) == 0
 
 
-def planted_batch(n_poison: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+def planted_batch(n_poison: int, seed: int, n: int = 512, n_reserve: int = 450
+                  ) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
     """Frozen-feature stand-ins shaped like a trained extractor's: 128-d features of a 4-d clean
-    latent (plus a little noise), a D batch of 512 with ``n_poison`` moved along one trigger
-    direction and a reserve batch of 450; and the poison positions."""
+    latent (plus a little noise), a D batch of ``n`` with ``n_poison`` spread evenly and moved
+    along one trigger direction and a reserve batch of ``n_reserve``; and the poison positions."""
     gen = torch.Generator().manual_seed(seed)
     mixing = torch.randn(4, 128, generator=gen) / 2
     trigger = torch.randn(128, generator=gen)
 
-    def clean(n: int) -> torch.Tensor:
-        return torch.randn(n, 4, generator=gen) @ mixing + 0.1 * torch.randn(n, 128, generator=gen)
+    def clean(size: int) -> torch.Tensor:
+        return torch.randn(size, 4, generator=gen) @ mixing + 0.1 * torch.randn(size, 128, generator=gen)
 
-    d, r = clean(512), clean(450)
-    poison = np.arange(0, 512, 25)[:n_poison]
+    d, r = clean(n), clean(n_reserve)
+    poison = np.arange(0, n, 25 if n == 512 else n // max(1, n_poison))[:n_poison]
     d[poison] += 6.0 * trigger / trigger.norm()
     return d, r, poison
 
@@ -194,14 +199,22 @@ def test_crossfit_selection_finds_the_trigger_and_little_else() -> None:
     assert found >= 0.8 * 80 and strays <= 3 and null <= 3, (found, strays, null)
 
 
-def test_crossfit_scores_are_held_out() -> None:
+GLOBAL = with_overrides(FAST, selection="global")
+
+
+@pytest.mark.parametrize("scope", ["batch", "global"])
+def test_crossfit_scores_are_held_out(scope: str) -> None:
     """A sample's score comes from the MLP that never saw it: changing one fold-1 sample leaves the
     fold-0 MLP, hence every other fold-1 score, bit-for-bit unchanged, and moves the fold-0 scores."""
     d, r, _ = planted_batch(20, 0)
 
     def scores(d_feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         torch.manual_seed(1)
-        s, _, d_fold, _ = crossfit_scores(d_feats, r, 20, 2e-3, 16, torch.Generator().manual_seed(1))
+        gen = torch.Generator().manual_seed(1)
+        if scope == "global":
+            s, _, d_fold, _ = global_crossfit_scores(d_feats, r, with_overrides(GLOBAL, global_min_steps=20), gen)
+        else:
+            s, _, d_fold, _ = crossfit_scores(d_feats, r, 20, 2e-3, 16, gen)
         return s, d_fold
 
     before, d_fold = scores(d)
@@ -215,6 +228,50 @@ def test_crossfit_scores_are_held_out() -> None:
     assert (d_fold == 0).sum() == len(d) // 2  # balanced folds
     # a fold with fewer than two held-out reserve scores has no reference to beat: nothing selected
     assert len(crossfit_selection(before, torch.zeros(1), d_fold, torch.zeros(1, dtype=torch.long), 1.0)) == 0
+
+
+def test_global_selection_pools_sparse_poison_that_batches_miss() -> None:
+    """1 % poison is about 5 images in a batch of 512: few for a per-batch MLP to single out.
+    Scored across the whole set (``global``), the same poison stands out, and clean sets give
+    few picks (a clean sample beats every held-out reserve score plus the margin rarely)."""
+    found = {"batch": 0, "global": 0}
+    strays = null = 0
+    for seed in range(4):
+        d, r, poison = planted_batch(41, seed, n=4096, n_reserve=800)
+        is_poison = np.zeros(len(d), dtype=bool)
+        is_poison[poison] = True
+        torch.manual_seed(seed)
+        picked = global_selection(d, r, GLOBAL, torch.Generator().manual_seed(seed)).numpy()
+        found["global"] += int(picked[is_poison].sum())
+        strays += int(picked[~is_poison].sum())
+        gen = torch.Generator().manual_seed(seed)
+        for batch in torch.randperm(len(d), generator=gen).view(8, 512):
+            chosen = batch[select_poison_rich(d[batch], r[torch.randperm(len(r), generator=gen)[:512]], FAST, gen)]
+            found["batch"] += int(is_poison[chosen.numpy()].sum())
+        torch.manual_seed(seed)
+        null += int(global_selection(*planted_batch(0, seed + 10, n=4096, n_reserve=800)[:2], GLOBAL,
+                                     torch.Generator().manual_seed(seed)).sum())
+    assert found["global"] >= 0.4 * 4 * 41 and found["global"] > 2 * found["batch"], found
+    assert strays <= 0.005 * 4 * 4055 and null <= 0.005 * 4 * 4096, (strays, null)
+
+
+def test_global_picks_never_take_canaries() -> None:
+    d, r, poison = planted_batch(41, 0, n=4096, n_reserve=800)
+    d[-20:] = d[poison[:20]]  # canaries that look exactly like poison
+    torch.manual_seed(0)
+    pick, selected = global_picks(d, r, GLOBAL, 30, torch.Generator().manual_seed(0), canaries=20)
+    taken = torch.cat([pick(step) for step in range(30)])
+    assert selected > 0 and len(taken) == 30 * min(GLOBAL.global_max_batch, selected)
+    assert int(taken.max()) < len(d) - 20
+
+
+def test_global_selection_runs_end_to_end_and_is_seeded() -> None:
+    data, reserve = digits_split(0)
+    poisoned = badnet(data, 0.05, target=0, seed=0).dataset
+    schedule = with_overrides(tiny(), selection="global", global_min_steps=20)
+    result = asset(poisoned, reserve, schedule=schedule, device="cpu", seed=0)
+    assert result.settings["selection"] == "global" and result.settings["global_selected"] >= 0
+    assert_seeded_on_cpu(lambda seed: asset(poisoned, reserve, schedule=schedule, device="cpu", seed=seed))
 
 
 def test_threshold_is_scale_free_and_robust() -> None:
