@@ -181,7 +181,7 @@ def planted_batch(n_poison: int, seed: int, n: int = 512, n_reserve: int = 450
         return torch.randn(size, 4, generator=gen) @ mixing + 0.1 * torch.randn(size, 128, generator=gen)
 
     d, r = clean(n), clean(n_reserve)
-    poison = np.arange(0, n, 25 if n == 512 else n // max(1, n_poison))[:n_poison]
+    poison = np.arange(0, n, n // max(1, n_poison))[:n_poison]
     d[poison] += 6.0 * trigger / trigger.norm()
     return d, r, poison
 
