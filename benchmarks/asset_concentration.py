@@ -65,9 +65,10 @@ def report_whole_set(model, inp, schedule, truth: np.ndarray, seed: int) -> None
     r = asset_module.penultimate(model, inp.reserve_x, inp.prep)
     global_schedule = asset_module.with_overrides(schedule, selection="global")
     torch.manual_seed(seed)
-    scores = asset_module.global_crossfit_scores(d, r, global_schedule, torch.Generator().manual_seed(seed))[0]
-    torch.manual_seed(seed)
-    chosen = asset_module.global_selection(d, r, global_schedule, torch.Generator().manual_seed(seed)).numpy()
+    scored = asset_module.global_crossfit_scores(d, r, global_schedule, torch.Generator().manual_seed(seed))
+    chosen = np.zeros(len(truth), dtype=bool)  # global_selection's rule on these scores, not scored again
+    chosen[asset_module.crossfit_selection(*scored, global_schedule.selection_margin)] = True
+    scores = scored[0]
     print(f"whole set (global): held-out AUROC {roc_auc_score(truth, scores.cpu().numpy()):.3f}; selected "
           f"{chosen.sum()}: {chosen[truth].sum()} of {truth.sum()} poison, {chosen[~truth].sum()} clean", flush=True)
 

@@ -377,6 +377,14 @@ def _fold_step(ensemble, params: dict, buffers: dict, opt: torch.optim.Optimizer
     opt.step()
 
 
+@torch.no_grad()
+def _held_out_logits(ensemble, params: dict, buffers: dict, x: torch.Tensor, fold: torch.Tensor,
+                     chunk: int = 8192) -> torch.Tensor:
+    """Each sample's logit from the member that did not train on it (member ``1 - fold``)."""
+    return torch.cat([ensemble(params, buffers, x[s:s + chunk]).gather(0, (1 - fold[s:s + chunk])[None]).squeeze(0)
+                      for s in range(0, len(x), chunk)])
+
+
 def _random_folds(n: int, generator: torch.Generator, device: torch.device) -> torch.Tensor:
     return host_to_device(torch.randperm(n, generator=generator) % 2, device)
 
@@ -406,8 +414,7 @@ def crossfit_scores(d_feats: torch.Tensor, r_feats: torch.Tensor, steps: int, lr
     opt = torch.optim.Adam(params.values(), lr=lr)
     for _ in range(steps):
         _fold_step(ensemble, params, buffers, opt, x, fold, is_d)
-    with torch.no_grad():
-        held_out = ensemble(params, buffers, x).gather(0, (1 - fold)[None]).squeeze(0)
+    held_out = _held_out_logits(ensemble, params, buffers, x, fold)
     return held_out[:nd], held_out[nd:], d_fold, r_fold
 
 
@@ -442,11 +449,8 @@ def global_crossfit_scores(d_feats: torch.Tensor, r_feats: torch.Tensor, schedul
         d_idx, r_idx = d_plan[step], r_plan[step]
         _fold_step(ensemble, params, buffers, opt, torch.cat([d_x[d_idx], r_x[r_idx]]),
                    torch.cat([d_fold[d_idx], r_fold[r_idx]]), is_d)
-    with torch.no_grad():
-        d_scores = torch.cat([ensemble(params, buffers, d_x[s:s + 8192]).gather(0, (1 - d_fold[s:s + 8192])[None])
-                              for s in range(0, nd, 8192)], 1).squeeze(0)
-        r_scores = ensemble(params, buffers, r_x).gather(0, (1 - r_fold)[None]).squeeze(0)
-    return d_scores, r_scores, d_fold, r_fold
+    return (_held_out_logits(ensemble, params, buffers, d_x, d_fold),
+            _held_out_logits(ensemble, params, buffers, r_x, r_fold), d_fold, r_fold)
 
 
 def global_selection(d_feats: torch.Tensor, r_feats: torch.Tensor, schedule: AssetSchedule,
@@ -558,13 +562,13 @@ def offset_loop(offset: nn.Module, data_x: torch.Tensor, data_y: torch.Tensor, r
     """
     device = data_x.device
     steps = schedule.offset_steps(len(data_y))
-    if schedule.selection == "global":
-        r_plan = planned_batches(len(reserve_x), schedule.batch_size, steps, gen, device)
-        picks, n_selected = global_picks(d_feats, r_feats, schedule, steps, gen, canaries)
-    else:
-        d_plan = planned_batches(len(data_y), schedule.batch_size, steps, gen, device)
-        r_plan = planned_batches(len(reserve_x), schedule.batch_size, steps, gen, device)
+    per_batch = schedule.selection != "global"
+    d_plan = planned_batches(len(data_y), schedule.batch_size, steps, gen, device) if per_batch else None
+    r_plan = planned_batches(len(reserve_x), schedule.batch_size, steps, gen, device)
+    if per_batch:
         picks, n_selected = batch_picks(d_plan, r_plan, d_feats, r_feats, schedule, gen), None
+    else:
+        picks, n_selected = global_picks(d_feats, r_feats, schedule, steps, gen, canaries)
     opt_min = torch.optim.Adam(offset.parameters(), lr=schedule.lr)
     opt_max = torch.optim.Adam(offset.parameters(), lr=schedule.lr)
     log = OffsetLog(global_selected=n_selected)
@@ -617,9 +621,9 @@ def global_picks(d_feats: torch.Tensor, r_feats: torch.Tensor, schedule: AssetSc
     samples at a time.
 
     The last ``canaries`` rows of ``d_feats`` are canaries and are never picked. A pick takes
-    every max step, so a picked canary would be pushed as far as the poison and lift the cut
-    (:func:`loss_threshold`) over them. The canaries stand for the clean samples the selection
-    leaves out. The clean samples it takes are the ones that beat the reserve's best held-out
+    part in many max steps, so a picked canary would be pushed as far as the poison and lift
+    the cut (:func:`loss_threshold`) over them. The canaries stand for the clean samples the
+    selection leaves out. The clean samples it takes are the ones that beat the reserve's best held-out
     score by the margin: few, but each is pushed in many steps, which is what makes ``global``
     raise false alarms on clean sets (``docs/asset.md``).
     """
