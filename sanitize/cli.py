@@ -60,6 +60,9 @@ MaxFlaggedOpt = Annotated[float, typer.Option(
     "--max-flagged-fraction", help="Exit 1 only when more than this fraction is flagged (0: any flag).")]
 FailOnDetectOpt = Annotated[bool, typer.Option(
     "--fail-on-detect", help="Exit 1 whenever a target class is suspected, whatever the flagged fraction.")]
+AlphaOpt = Annotated[float, typer.Option(
+    "--alpha", help="False-alarm level of the class test: the chance that a clean data set has any class "
+                    "suspected (default 0.001; Bonferroni over the classes).")]
 HtmlOpt = Annotated[bool, typer.Option(
     "--html/--no-html", help="Also write report.html, a self-contained page with thumbnails and histograms.")]
 
@@ -205,13 +208,15 @@ def ct_command(
     data: DataArg,
     reserve: ReserveOpt,
     out: OutOpt,
-    schedule: Annotated[str, typer.Option(help="fast (default) or reference (the paper's settings).")] = "fast",
+    schedule: Annotated[str, typer.Option(help="fast (default), reference (the official code's CIFAR-10 "
+                                               "settings) or reference-gtsrb (its GTSRB settings).")] = "fast",
     arch: Annotated[str, typer.Option(help="Model: auto, resnet18, small_cnn, mobilenet_v2, vgg16, "
                                            "densenet121 (auto: resnet18 on a GPU at >= 32 px, else small_cnn; "
                                            "feature rows: the ember_mlp network).")
                     ] = "auto",
     device: DeviceOpt = "auto",
     seed: SeedOpt = 0,
+    alpha: AlphaOpt = 1e-3,
     size: SizeOpt = None,
     force: ForceOpt = False,
     quiet: QuietOpt = False,
@@ -222,6 +227,7 @@ def ct_command(
     html: HtmlOpt = True,
 ) -> int:
     """Confusion Training (Qi et al., USENIX Security 2023): flag poison samples in DATA."""
+    from .detectors.canaries import check_alpha
     from .detectors.ct import ConfusionTraining, get_schedule
     from .detectors.ct_features import FeatureConfusionTraining
     from .devices import resolve_device
@@ -229,12 +235,13 @@ def ct_command(
     get_schedule(schedule)
     resolve_device(device)
     check_arch(arch, also=("ember_mlp",))
+    check_alpha(alpha)
 
     def detect(d: Dataset, r: Dataset, progress: Progress) -> DetectionResult:
         if isinstance(d, FeatureDataset):
-            return FeatureConfusionTraining(schedule, arch, device, seed, progress).detect(d, r)
+            return FeatureConfusionTraining(schedule, arch, device, seed, progress, alpha=alpha).detect(d, r)
         refuse_ember_mlp_on_images(arch, d)
-        return ConfusionTraining(schedule, arch, device, seed, progress).detect(d, r)
+        return ConfusionTraining(schedule, arch, device, seed, progress, alpha).detect(d, r)
 
     return run_detector(detect, data, reserve, RunOptions(out, force, size, quiet, json_only, max_flagged_fraction,
                                                           fail_on_detect, fmt, html))

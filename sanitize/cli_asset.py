@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 
 from .cli import (
+    AlphaOpt,
     DataArg,
     Dataset,
     DeviceOpt,
@@ -29,7 +30,7 @@ from .cli import (
 from .progress import Progress
 from .result import DetectionResult
 
-ScheduleOpt = Annotated[str, typer.Option(help="fast (default) or reference (the paper's loop settings).")]
+ScheduleOpt = Annotated[str, typer.Option(help="fast (default) or reference (the released demo's settings).")]
 ArchOpt = Annotated[str, typer.Option(help="Model: auto, resnet18, small_cnn, mobilenet_v2, vgg16, densenet121 "
                                            "(auto: resnet18 on a GPU at >= 32 px, else small_cnn; "
                                            "feature rows: the ember_mlp network).")]
@@ -52,6 +53,7 @@ def asset_command(
     batch_size: BatchOpt = None,
     device: DeviceOpt = "auto",
     seed: SeedOpt = 0,
+    alpha: AlphaOpt = 1e-3,
     size: SizeOpt = None,
     force: ForceOpt = False,
     quiet: QuietOpt = False,
@@ -67,7 +69,8 @@ def asset_command(
 
     resolve_device(device)
     check_arch(arch, also=("ember_mlp",))
-    detector = ASSET(schedule=schedule, arch=arch, device=device, seed=seed, epsilon=epsilon, batch_size=batch_size)
+    detector = ASSET(schedule=schedule, arch=arch, device=device, seed=seed, epsilon=epsilon, batch_size=batch_size,
+                     alpha=alpha)
     detector.resolved_schedule()  # bad --schedule / --epsilon / --batch-size: exit 2 before any loading
 
     def detect(d: Dataset, r: Dataset, progress: Progress) -> DetectionResult:

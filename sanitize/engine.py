@@ -14,7 +14,7 @@ on every device.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -78,11 +78,48 @@ def flip_and_crop(x: torch.Tensor, generator: torch.Generator, pad: int) -> torc
     return padded[batch, chan, rows, cols]
 
 
+def random_rotation(x: torch.Tensor, generator: torch.Generator, degrees: float, fill: torch.Tensor) -> torch.Tensor:
+    """Rotate each image by its own angle drawn uniformly from ``[-degrees, degrees]`` (nearest
+    neighbour, corners filled with ``fill``), like torchvision's ``RandomRotation(degrees)`` on the
+    undecoded image: the CT paper's GTSRB augmentation (traffic signs must not be flipped).
+
+    ``x`` is normalised, so ``fill`` is what a black pixel normalises to (1 x C x 1 x 1).
+    """
+    n = len(x)
+    angles = host_to_device((torch.rand(n, generator=generator) * 2 - 1) * degrees * torch.pi / 180, x.device)
+    cos, sin = torch.cos(angles), torch.sin(angles)
+    zero = torch.zeros_like(cos)
+    theta = torch.stack([torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1).to(x.dtype)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x - fill, grid, mode="nearest", padding_mode="zeros", align_corners=False) + fill
+
+
+# What a detector reports as its precision: training under bf16 autocast on CUDA, every read in float32.
+PRECISION = {False: "float32", True: "bf16 autocast training, float32 scoring"}
+
+
 def autocast(device: torch.device):
     """bf16 autocast on CUDA (no loss scaling needed), plain float32 elsewhere."""
     if device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return nullcontext()
+
+
+def full_precision(device: torch.device):
+    """float32 where a decision is read, with TF32 matmuls off on CUDA (10-bit mantissa) for the block."""
+    if device.type != "cuda":
+        return nullcontext()
+    return _no_tf32()
+
+
+@contextmanager
+def _no_tf32() -> Iterator[None]:
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
 def epoch_batches(n: int, batch_size: int, generator: torch.Generator, device: torch.device | None = None,
@@ -162,6 +199,9 @@ class TrainSpec:
     lr_schedule: str = "constant"  # or "multistep" / "onecycle", see lr_factor
     nesterov: bool = False
     crop_pad: int = 4
+    augmentation: str = "flip-crop"  # with ``augment``: "flip-crop" or "rotate" (random_rotation)
+    rotation_degrees: float = 15.0
+    milestones: tuple[float, ...] = (0.5, 0.75)  # "multistep": x0.1 at each fraction of training
 
 
 def train_supervised(model: Classifier, images: torch.Tensor, labels: torch.Tensor,
@@ -180,10 +220,10 @@ def train_supervised(model: Classifier, images: torch.Tensor, labels: torch.Tens
         for idx in epoch_batches(n, batch_size, generator, device):
             x = prep(images[idx])
             if spec.augment:
-                x = flip_and_crop(x, generator, spec.crop_pad)
+                x = augmented(x, spec, prep, generator)
             if spec.lr_schedule != "constant":
                 for group in opt.param_groups:
-                    group["lr"] = spec.lr * lr_factor(spec.lr_schedule, step, total)
+                    group["lr"] = spec.lr * lr_factor(spec.lr_schedule, step, total, milestones=spec.milestones)
             with autocast(device):
                 loss = F.cross_entropy(model(x).float(), labels[idx])
             opt.zero_grad(set_to_none=True)
@@ -195,14 +235,26 @@ def train_supervised(model: Classifier, images: torch.Tensor, labels: torch.Tens
     return model
 
 
-def lr_factor(schedule: str, step: int, total: int, warmup: float = 0.15) -> float:
+def augmented(x: torch.Tensor, spec: TrainSpec, prep: Preprocess, generator: torch.Generator) -> torch.Tensor:
+    """The training batch ``x`` (normalised) under ``spec``'s augmentation."""
+    if spec.augmentation == "rotate":
+        black = prep(torch.zeros((1, x.shape[1], 1, 1), dtype=torch.uint8, device=x.device))
+        return random_rotation(x, generator, spec.rotation_degrees, black)
+    if spec.augmentation == "flip-crop":
+        return flip_and_crop(x, generator, spec.crop_pad)
+    raise ValueError(f"unknown augmentation {spec.augmentation!r}")
+
+
+def lr_factor(schedule: str, step: int, total: int, warmup: float = 0.15,
+              milestones: tuple[float, ...] = (0.5, 0.75)) -> float:
     """Learning-rate multiplier at ``step`` of ``total``.
 
-    ``multistep``: x0.1 at 50% and again at 75% of training (the CT paper's base model).
+    ``multistep``: x0.1 at each milestone fraction of training (the CT paper's base models: 50 %
+    and 75 % for CIFAR-10, 30 % and 60 % for GTSRB).
     ``onecycle``: linear warm-up over the first ``warmup`` fraction, then linear decay to zero.
     """
     if schedule == "multistep":
-        return 0.01 if step >= 0.75 * total else 0.1 if step >= 0.5 * total else 1.0
+        return 0.1 ** sum(step >= m * total for m in milestones)
     if schedule == "onecycle":
         peak = max(1, int(total * warmup))
         if step < peak:
@@ -214,12 +266,17 @@ def lr_factor(schedule: str, step: int, total: int, warmup: float = 0.15) -> flo
 @torch.no_grad()
 def infer(model: Classifier, images: torch.Tensor, prep: Preprocess, batch_size: int = 1024,
           features: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Logits (float32) and optionally penultimate features for every image, in eval mode."""
+    """Logits and optionally penultimate features for every image, in eval mode, in float32.
+
+    Detectors read their decisions from these (distillation losses, class statistics, scores), so
+    they are computed at full precision on every device: bf16 keeps 8 bits of mantissa, coarser
+    than the loss differences the decisions rest on. Training runs under bf16 autocast.
+    """
     model.eval()
     logits_out, feats_out = [], []
     for start in range(0, len(images), batch_size):
         x = prep(images[start:start + batch_size])
-        with autocast(images.device):
+        with full_precision(images.device):
             feats, logits = model.features_and_logits(x)
         logits_out.append(logits.float())
         if features:
@@ -255,7 +312,7 @@ def pooled_map(model: Classifier, images: torch.Tensor, prep: Preprocess, batch_
     model.eval()
     try:
         for start in range(0, len(images), batch_size):
-            with autocast(images.device):
+            with full_precision(images.device):
                 model.trunk(prep(images[start:start + batch_size]))
     finally:
         handle.remove()

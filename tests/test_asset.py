@@ -17,13 +17,17 @@ from sanitize.detectors import available_detectors, get_detector
 from sanitize.detectors.asset import (
     FAST,
     REFERENCE,
+    TrainModeMap,
     adjusted_outlyingness,
     batch_norm_without_update,
+    canary_p_values,
     class_log_loss_medians,
+    concentration_scores,
     crossfit_scores,
     crossfit_selection,
+    demo_threshold,
+    extractor_inputs,
     extractor_spec,
-    flags_beyond_chance,
     frozen_norm_stats,
     global_crossfit_scores,
     global_picks,
@@ -108,13 +112,72 @@ def test_registry_and_settings() -> None:
     assert ASSET(selection="ao", ao_cut=1.5).resolved_schedule().ao_cut == 1.5
 
 
-def test_reference_schedule_is_the_papers() -> None:
+def test_reference_schedule_is_the_released_demo() -> None:
+    # ASSET_demo.ipynb and new_poi_util.py of reds-lab/ASSET
     assert (REFERENCE.batch_size, REFERENCE.passes, REFERENCE.min_offset_steps) == (512, 1, 0)
     assert (REFERENCE.lr, REFERENCE.mlp_lr, REFERENCE.mlp_steps, REFERENCE.mlp_hidden) == (1e-4, 1e-4, 100, 128)
-    assert (REFERENCE.ao_cut, REFERENCE.ao_on, REFERENCE.epsilon) == (2.0, "prob", 1e-6)
+    assert (REFERENCE.ao_cut, REFERENCE.ao_on, REFERENCE.ao_sides, REFERENCE.epsilon) == (2.0, "prob", "both", 1e-6)
+    assert (REFERENCE.mlp_loss, REFERENCE.features, REFERENCE.bn_mode) == ("mse", "map", "batch")
+    assert (REFERENCE.threshold, REFERENCE.class_calibration, REFERENCE.extractor_sees_reserve) == ("demo", False,
+                                                                                                   False)
     assert (REFERENCE.selection, REFERENCE.canary_fraction) == ("ao", 0.0)
-    assert (FAST.selection, FAST.canary_fraction) == ("crossfit", 0.2)  # ours, docs/asset.md
+    assert (FAST.selection, FAST.canary_fraction, FAST.extractor_sees_reserve) == ("crossfit", 0.2, True)  # ours
     assert REFERENCE.offset_steps(50_000) == 97  # one pass in batches of 512
+
+
+def test_demo_threshold_is_the_demos_get_t() -> None:
+    rng = np.random.default_rng(0)
+    scores = np.concatenate([rng.normal(5.0, 1.0, 2000), [40.0, 50.0]])
+    flags, fit = demo_threshold(scores, 1e-6)
+    lower = scores[scores <= np.quantile(scores, 0.5, method="lower")]
+    mu, sigma = lower.mean(), np.sqrt(lower.var() + 1e-6)  # sklearn's one-component fit, reg_covar 1e-6
+    cut = sigma * np.sqrt(-2 * np.log(1e-6) * sigma * np.sqrt(2 * np.pi)) + mu
+    assert fit["cut"] == pytest.approx(cut, rel=1e-6)
+    assert np.array_equal(flags, scores >= cut) and flags[-2:].all()
+
+
+def test_demo_concentration_mlp_trains_with_mse_and_two_optimisers() -> None:
+    torch.manual_seed(0)
+    d = torch.cat([torch.randn(60, 8), torch.randn(4, 8) + 6.0])
+    r = torch.randn(60, 8)
+    probs = concentration_scores(d, r, 100, 1e-2, 16, on="prob", loss="mse")
+    assert probs.min() >= 0 and probs.max() <= 1
+    assert probs[60:].min() > probs[:60].median()  # the shifted samples look most D-like
+
+
+def test_extractor_sees_the_reserve_only_when_the_schedule_says_so() -> None:
+    from sanitize.detectors.asset import Inputs
+
+    inp = Inputs(torch.zeros(5, 1, 2, 2, dtype=torch.uint8), torch.zeros(5, dtype=torch.long),
+                 torch.ones(3, 1, 2, 2, dtype=torch.uint8), torch.ones(3, dtype=torch.long), 2, lambda: None,
+                 lambda x: x, "custom", np.arange(5), 5, 2)
+    x, y = extractor_inputs(inp, True)
+    assert len(x) == len(y) == 8 and y.tolist() == [0] * 5 + [1] * 3 and x[5:].eq(1).all()
+    assert extractor_inputs(inp, False)[0] is inp.x
+
+
+def test_train_mode_map_reads_the_map_before_pooling_with_batch_statistics() -> None:
+    from sanitize.engine import Preprocess, pooled_map
+    from sanitize.models import build_model
+
+    data, _ = digits_split(0)
+    model = build_model("small_cnn", 10, data.channels, 8)
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    before = [m.running_mean.clone() for m in norms]
+    prep = Preprocess.fit(data.images)
+    maps = TrainModeMap(model, data.images, prep)[torch.arange(32)]
+    assert maps.shape == (32, 128 * 4 * 4)  # 8 px -> one 2x pool -> 4x4 map of 128 channels
+    assert all(torch.equal(m.running_mean, b) for m, b in zip(norms, before, strict=True))
+    assert not torch.allclose(maps, pooled_map(model, data.images[:32], prep))  # batch, not running, statistics
+
+
+def test_reference_runs_the_demos_pipeline_end_to_end() -> None:
+    data, reserve = digits_split(0)
+    short = with_overrides(REFERENCE, base=replace(REFERENCE.base, epochs=2), min_offset_steps=3, mlp_steps=5)
+    result = asset(badnet(data, 0.05, target=0, seed=0).dataset, reserve, schedule=short, device="cpu", seed=0)
+    assert result.settings["threshold"].keys() == {"cut", "lower_half_mean", "lower_half_sd"}
+    assert result.settings["canaries"] == 0 and all("p_value" not in c for c in result.class_stats)
+    assert np.isfinite(result.scores).all()
 
 
 def test_extractor_spec_fits_small_data() -> None:
@@ -152,6 +215,7 @@ def test_adjusted_outlyingness_is_one_sided_and_uses_the_medcouple() -> None:
     low = np.concatenate([bulk, [-12.0, -15.0]])
     assert set(select_outliers(high, 2.0)) == {500, 501}
     assert len(select_outliers(low, 2.0)) == 0  # low scores are not poison evidence
+    assert set(select_outliers(low, 2.0, sides="both")) == {500, 501}  # the demo's rule: both sides
     ao = adjusted_outlyingness(high)
     assert np.all(ao[high <= np.median(high)] == 0)
     # the upper whisker follows the medcouple: Q3 + 1.5 exp(3 MC) IQR for a right-skewed sample
@@ -291,14 +355,12 @@ def test_class_calibration_removes_a_class_wide_shift() -> None:
     rng = np.random.default_rng(0)
     labels = np.repeat(np.arange(4), 500)
     losses = rng.lognormal(mean=0.8, sigma=0.05, size=2000) * np.where(labels == 0, 20.0, 1.0)
-    reserve_labels = np.repeat(np.arange(4), 50)
-    reserve_losses = rng.lognormal(mean=0.8, sigma=0.05, size=200) * np.where(reserve_labels == 0, 20.0, 1.0)
     assert loss_threshold(losses, 1e-6)[0].sum() == 500  # the whole shifted class
-    shift = class_log_loss_medians(reserve_losses, reserve_labels, 4)[labels]
+    shift = class_log_loss_medians(losses, labels, 4)[labels]
     assert loss_threshold(losses, 1e-6, shift)[0].sum() <= 2
 
 
-def test_suspected_classes_hold_the_flags() -> None:
+def test_suspected_classes_hold_the_flags_without_canaries() -> None:
     labels = np.array([0] * 10 + [1] * 10 + [2] * 10)
     flagged = np.zeros(30, dtype=bool)
     flagged[:8] = True
@@ -306,18 +368,17 @@ def test_suspected_classes_hold_the_flags() -> None:
     assert suspected_from_flags(flagged, labels, 3) == [0]
 
 
-def test_stray_flags_are_not_a_target_class_beyond_the_canaries_chance_rate() -> None:
+def test_stray_flags_are_not_a_target_class_beyond_what_the_canaries_explain() -> None:
     labels = np.repeat(np.arange(10), 135)  # digits-sized classes
     stray = np.zeros(len(labels), dtype=bool)
     stray[[135, 136]] = True  # two flags in class 1
-    assert suspected_from_flags(stray, labels, 10) == [1]  # no chance rate: the count rule alone
-    # 90 canaries: two flags of 135 at a chance rate of 1/91 have p = 0.44
-    assert suspected_from_flags(stray, labels, 10, flags_beyond_chance(stray, labels, 10, 1 / 91)) == []
+    assert suspected_from_flags(stray, labels, 10) == [1]  # no canaries: the count rule alone
+    # 90 canaries: two of 135 clean samples above all of them has probability C(135,2)/C(225,2)
+    p = canary_p_values(stray, labels, 10, 90)
+    assert p[1] == pytest.approx(135 * 134 / (225 * 224)) and p[2] == 1.0
     poisoned = stray.copy()
     poisoned[:60] = True  # 60 flags in class 0 (dirty-label poison)
-    p = flags_beyond_chance(poisoned, labels, 10, 1 / 91)
-    assert suspected_from_flags(poisoned, labels, 10, p) == [0]
-    assert p[0] < 1e-30 and p[1] == pytest.approx(0.4375, abs=1e-3) and p[2] == 1.0
+    assert canary_p_values(poisoned, labels, 10, 90)[0] < 1e-15
 
 
 def test_norm_statistics_are_not_moved_by_the_max_step() -> None:

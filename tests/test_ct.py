@@ -11,17 +11,15 @@ from sanitize.attacks import badnet
 from sanitize.detectors.ct import (
     FAST,
     REFERENCE,
+    REFERENCE_GTSRB,
+    SCHEDULES,
     decide_classes,
     distill,
-    held_out_fit_rate,
-    last_hidden_layer,
     likelihood_ratio,
-    split_holdout,
+    split_canaries,
     with_overrides,
 )
-from sanitize.engine import Preprocess, infer
 from sanitize.errors import SanitizeError
-from sanitize.models import build_model
 
 from .conftest import assert_seeded_on_cpu, digits_split, rates, shared_loader
 
@@ -67,39 +65,44 @@ def test_result_contract() -> None:
     assert {"round 0 pretrain", "round 0 confusion", "detect"} <= set(result.timings)
     assert len(result.class_stats) == data.num_classes
     assert result.settings["arch"] == "small_cnn"  # auto on a CPU
-    for stat in result.class_stats:  # fast: the class test reads the confused and the pretrained model
-        assert stat["likelihood_ratio"] == max(stat["likelihood_ratio_confused"], stat["likelihood_ratio_pretrained"])
+    assert result.settings["class_test"] == "canaries" and result.settings["canaries"] > 0
+    for stat in result.class_stats:  # fast: the canary test, with the paper's statistic beside it
+        assert {"p_value", "n_canaries", "n_below_cut", "inspectable", "likelihood_ratio"} <= set(stat)
+        assert 0 <= stat["p_value"] <= 1
 
 
-def test_reference_class_test_reads_the_confused_model_only() -> None:
+def test_reference_decides_by_the_papers_rule_without_canaries() -> None:
     data, reserve = digits_split(0)
-    reference_like = with_overrides(tiny_schedule(), cluster_test_on_pretrained=False)
+    reference_like = with_overrides(tiny_schedule(), canary_fraction=0.0)
     result = ct(data, reserve, schedule=reference_like, device="cpu", seed=0)
-    assert not REFERENCE.cluster_test_on_pretrained
-    for stat in result.class_stats:
-        assert stat["likelihood_ratio_pretrained"] is None
-        assert stat["likelihood_ratio"] == stat["likelihood_ratio_confused"]
+    assert REFERENCE.canary_fraction == REFERENCE_GTSRB.canary_fraction == 0
+    assert result.settings["canaries"] == 0
+    ratios = np.array([stat["likelihood_ratio"] for stat in result.class_stats])
+    assert result.suspected_classes == decide_classes(ratios)
+    assert all("p_value" not in stat for stat in result.class_stats)
 
 
-def test_last_hidden_layer_reads_the_map_before_pooling() -> None:
-    data, _ = digits_split(0)
-    model = build_model("small_cnn", 10, data.channels, 8)
-    prep = Preprocess.fit(data.images)
-    maps = last_hidden_layer(model, data.images[:5], prep)
-    assert maps.shape == (5, 128 * 4 * 4)  # 8 px -> one 2x pool -> 4x4 map of 128 channels
-    pooled = infer(model, data.images[:5], prep, features=True)[1].numpy()
-    np.testing.assert_allclose(maps.reshape(5, 128, 16).mean(axis=2), pooled, rtol=1e-4, atol=1e-5)
-
-
-def test_reference_schedule_is_the_papers() -> None:
-    assert [r.pretrain_epochs for r in REFERENCE.rounds] == [100, 100, 40, 40, 40, 40]
-    assert [r.confusion_steps for r in REFERENCE.rounds] == [6000] * 4 + [2000] * 2
+def test_reference_schedules_are_the_official_code_constants() -> None:
+    # config.py / ct_cleanser.py / train_on_poisoned_set.py of Unispac/Fight-Poison-With-Poison
+    for schedule in (REFERENCE, REFERENCE_GTSRB):
+        assert [r.pretrain_epochs for r in schedule.rounds] == [100, 100, 40, 40, 40, 40]
+        assert [r.confusion_steps for r in schedule.rounds] == [6000] * 4 + [2000] * 2
+        assert [r.keep_ratio for r in schedule.rounds] == [1 / 2, 1 / 5, 1 / 25, 1 / 50, 1 / 100, None]
+        assert [r.topup_divisor for r in schedule.rounds] == [50, 50, 50, 50, 100, None]
+        assert schedule.batch_size == schedule.inspect_batch_size == 32
+        assert (schedule.pretrain_lr, schedule.confusion_momentum, schedule.weight_decay) == (0.01, 0.7, 1e-4)
+        assert schedule.base is not None and (schedule.base.epochs, schedule.base.batch_size) == (100, 128)
     assert [r.lam for r in REFERENCE.rounds] == [20, 20, 20, 30, 30, 15]
     assert [r.lr for r in REFERENCE.rounds] == [1e-3] * 3 + [1e-2] * 3
-    assert [r.keep_ratio for r in REFERENCE.rounds] == [1 / 2, 1 / 5, 1 / 25, 1 / 50, 1 / 100, None]
-    assert REFERENCE.batch_size == REFERENCE.inspect_batch_size == 32
-    assert REFERENCE.base is not None and REFERENCE.base.epochs == 100
-    assert REFERENCE.holdout_fraction == 0
+    assert [r.batch_factor for r in REFERENCE.rounds] == [2] * 6
+    assert (REFERENCE.base.lr, REFERENCE.base.milestones, REFERENCE.base.augmentation) == (0.1, (0.5, 0.75),
+                                                                                          "flip-crop")
+    assert [r.lam for r in REFERENCE_GTSRB.rounds] == [20] * 6
+    assert [r.lr for r in REFERENCE_GTSRB.rounds] == [1e-3] * 6
+    assert [r.batch_factor for r in REFERENCE_GTSRB.rounds] == [2, 2, 4, 8, 8, 2]
+    assert (REFERENCE_GTSRB.base.lr, REFERENCE_GTSRB.base.milestones) == (0.01, (0.3, 0.6))
+    assert (REFERENCE_GTSRB.base.augmentation, REFERENCE_GTSRB.base.rotation_degrees) == ("rotate", 15.0)
+    assert set(SCHEDULES) == {"fast", "reference", "reference-gtsrb"}
 
 
 def test_distill_keeps_lowest_losses_and_tops_up_each_class() -> None:
@@ -122,34 +125,23 @@ def test_likelihood_ratio_separates_a_tight_cluster() -> None:
     assert likelihood_ratio(spread, random_pick) < 1.5
 
 
-def test_decision_rule() -> None:
-    ratios = np.array([1.0, 1e6, 1.6, 3.0])
-    frac = np.array([0.0, 0.10, 0.30, 0.02])
-    # reference: the max (> 1.5) and any class above 2
-    assert decide_classes(ratios, frac) == [1, 3]
-    # held-out check: class 3's isolated share (2%) is what clean images of class 3 show (3%)
-    fit = np.array([0.01, 0.01, 0.01, 0.03])
-    assert decide_classes(ratios, frac, fit) == [1]
-    # a small excess is accepted only with an overwhelming ratio
-    assert decide_classes(np.array([1.0, 1e6]), np.array([0.0, 0.09]), np.array([0.05, 0.05])) == [1]
-    assert decide_classes(np.array([1.0, 10.0]), np.array([0.0, 0.09]), np.array([0.05, 0.05])) == []
+def test_reference_decision_rule() -> None:
+    # the max (> 1.5) and any class above 2
+    assert decide_classes(np.array([1.0, 1e6, 1.6, 3.0])) == [1, 3]
+    assert decide_classes(np.array([1.0, 1.6, 1.2])) == [1]
+    assert decide_classes(np.array([1.0, 1.4])) == []
 
 
-def test_held_out_rate_shrinks_sparse_classes_to_the_pool() -> None:
-    fitted = np.array([0] * 40 + [1] * 2 + [0] * 38)
-    labels = np.array([0] * 40 + [1] * 40)
-    rates_ = held_out_fit_rate(fitted, labels, 3)
-    assert rates_[0] < rates_[1]
-    assert rates_[2] == pytest.approx((2 + 0.5) / 81)  # no held-out images: the pooled rate
-
-
-def test_split_holdout_is_stratified() -> None:
+def test_split_canaries_is_stratified_and_keeps_two_per_class_for_confusion() -> None:
     _, reserve = digits_split(0)
-    train, held = split_holdout(reserve, 0.2, torch.Generator().manual_seed(0))
-    assert len(train) + len(held) == len(reserve)
-    assert set(train.paths).isdisjoint(held.paths)
-    counts = held.class_counts() / reserve.class_counts()
-    assert np.all(np.abs(counts - 0.2) < 0.05)
+    kept, canaries = split_canaries(reserve, 0.5, torch.Generator().manual_seed(0))
+    assert len(kept) + len(canaries) == len(reserve)
+    assert set(kept.paths).isdisjoint(canaries.paths)
+    assert np.all(np.abs(canaries.class_counts() / reserve.class_counts() - 0.5) < 0.05)
+    tiny = reserve.subset(np.concatenate([np.flatnonzero(reserve.labels.numpy() == c)[:4] for c in range(10)]))
+    kept, canaries = split_canaries(tiny, 0.9, torch.Generator().manual_seed(0))
+    assert np.all(kept.class_counts() == 2) and np.all(canaries.class_counts() == 2)
+    assert split_canaries(reserve, 0.0, torch.Generator())[1] is None
 
 
 def test_reserve_must_match_dataset() -> None:

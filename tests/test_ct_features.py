@@ -6,8 +6,6 @@ import json
 
 import numpy as np
 
-from sanitize.detectors.ct_features import data_driven_cut
-
 from .conftest import EMBER_N, EMBER_UNLABELLED, assert_valid_report, run_cli
 
 
@@ -39,22 +37,6 @@ def test_ct_finds_explanation_guided_trigger(ember_dirs, ember_poisoned, tmp_pat
     src = (poisoned / "X_train.dat").read_bytes()
     assert (out / "X_train.dat").read_bytes() == b"".join(src[i * row:(i + 1) * row] for i in kept)
     assert np.array_equal(np.fromfile(out / "y_train.dat", dtype=np.float32), labels[kept])
-
-
-def test_cut_needs_an_excess_over_the_canaries() -> None:
-    labels = np.repeat([0, 1], 2000)
-    canary_labels = np.repeat([0, 1], 300)
-    false_alarms = 0
-    for seed in range(40):  # clean rows exchangeable with the canaries vs. a 1 % cluster fitted better
-        rng = np.random.default_rng(seed)
-        losses, canary = rng.exponential(1.0, 4000), rng.exponential(1.0, 600)
-        _, suspected, _ = data_driven_cut(losses, labels, canary, canary_labels, 2)
-        false_alarms += len(suspected)
-        losses[:40] = 1e-5
-        flagged, suspected, stats = data_driven_cut(losses, labels, canary, canary_labels, 2)
-        assert suspected == [0] and flagged[:40].all() and stats[0]["p_value"] < 1e-3
-        assert flagged.sum() <= 40 + 3 * stats[0]["expected_clean_passes"]
-    assert false_alarms <= 1  # measured: 2 in 400 class tests over 200 seeds
 
 
 def test_image_only_detectors_refuse_feature_rows(ember_dirs, tmp_path, capsys) -> None:

@@ -48,7 +48,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from scipy.stats import binom
 from statsmodels.stats.stattools import medcouple
 from torch import nn
 from torch.func import functional_call, stack_module_state
@@ -57,9 +56,12 @@ from torch.nn import functional as F
 from ..data import ImageDataset, check_reserve
 from ..devices import PhaseTimer, describe, resolve_device, seed_everything
 from ..engine import (
+    PRECISION,
     Preprocess,
     TrainSpec,
     autocast,
+    full_precision,
+    global_pool,
     host_to_device,
     infer,
     planned_batches,
@@ -70,7 +72,9 @@ from ..errors import SanitizeError
 from ..features import FeatureDataset, check_feature_reserve
 from ..models import Classifier, build_model, default_arch
 from ..progress import Progress, Silent
+from ..reserve_fit import fitted_reserve
 from ..result import DetectionResult
+from .canaries import DEFAULT_ALPHA, below_lowest_canary_p, check_alpha
 from .ct_features import Standardise, ember_mlp
 
 ModelFactory = Callable[[], nn.Module]
@@ -94,6 +98,13 @@ class AssetSchedule:
     selection: str = "ao"  # "ao": the paper's rule; "crossfit"/"global": held-out scores against the reserve's
     ao_cut: float = 2.0
     ao_on: str = "logit"  # "logit": AO of the MLP's logit; "prob": of its sigmoid output (the demo)
+    ao_sides: str = "upper"  # "upper": only high scores are outliers; "both": the demo's two-sided AO
+    mlp_loss: str = "bce"  # "bce": one Adam step on the summed BCE; "mse": the demo's (concentration_scores)
+    features: str = "pooled"  # "pooled": eval-mode penultimate features; "map": the demo's (see TrainModeMap)
+    bn_mode: str = "batch-frozen"  # batch norm in the max step, see offset_loop; "batch" is the demo's
+    threshold: str = "robust"  # "robust": loss_threshold; "demo": the demo's get_t (demo_threshold)
+    class_calibration: bool = True  # shift each class's log-losses by its median (class_log_loss_medians)
+    extractor_sees_reserve: bool = False  # the extractor also trains on the reserve (see extractor_inputs)
     selection_margin: float = 1.0  # "crossfit"/"global": robust sds above the highest held-out reserve score
     epsilon: float = 1e-6
     canary_fraction: float = 0.0  # reserve share held out as canaries for the cut (see loss_threshold)
@@ -106,13 +117,27 @@ class AssetSchedule:
         return max(self.passes * per_pass, self.min_offset_steps)
 
 
-# The paper's loop settings. Its demo loads an extractor trained elsewhere; here it is trained on
-# D with the usual CIFAR recipe (CT's reference base model: 100 epochs, x0.1 at 50 % and 75 %).
+# The released demo (ASSET_demo.ipynb and new_poi_util.py of reds-lab/ASSET), constant by constant:
+# batch 512 from D and from the reserve, one pass over D; the offset model trained by two Adam
+# optimisers at lr 1e-4 (min: logit variance on the reserve batch; max: cross-entropy of the
+# selected samples, batch norm in train mode throughout); concentration features read before
+# global pooling from the extractor in train mode; a fresh MLP (two hidden layers of 128, sigmoid
+# output) trained with MSE by two Adam optimisers at 1e-4, one step each per iteration, 100
+# iterations; two-sided AO > 2 of its sigmoid scores; the threshold of get_t with eps 1e-6.
+# The demo loads an extractor trained elsewhere (a ResNet-18 on its poisoned CIFAR-10); here it is
+# trained on D with the CIFAR recipe of CT's official base model (100 epochs, lr 0.1, x0.1 at
+# epochs 50 and 75, flips and crops), with ASSET's weight decay 5e-4.
 REFERENCE = AssetSchedule(
     name="reference",
     base=TrainSpec(epochs=100, batch_size=128, lr=0.1, momentum=0.9, weight_decay=5e-4, augment=True,
                    lr_schedule="multistep"),
     ao_on="prob",
+    ao_sides="both",
+    mlp_loss="mse",
+    features="map",
+    bn_mode="batch",
+    threshold="demo",
+    class_calibration=False,
 )
 
 # Our schedule (calibrated on digits, docs/asset.md): a short one-cycle extractor (it only has
@@ -135,6 +160,7 @@ FAST = AssetSchedule(
     mlp_lr=2e-3,
     selection="crossfit",
     canary_fraction=0.2,
+    extractor_sees_reserve=True,
 )
 
 SCHEDULES = {s.name: s for s in (FAST, REFERENCE)}
@@ -163,6 +189,7 @@ FEATURE_FAST = AssetSchedule(
     mlp_lr=2e-3,
     ao_cut=1.0,
     canary_fraction=0.2,
+    extractor_sees_reserve=True,
 )
 
 FEATURE_SCHEDULES = {s.name: s for s in (FEATURE_FAST, FEATURE_REFERENCE)}
@@ -185,15 +212,17 @@ def with_overrides(schedule: AssetSchedule, **changes: Any) -> AssetSchedule:
 # Selection: Adjusted Outlyingness
 
 
-def adjusted_outlyingness(scores: np.ndarray) -> np.ndarray:
-    """Upper-side Adjusted Outlyingness of each score (0 at or below the median).
+def adjusted_outlyingness(scores: np.ndarray, sides: str = "upper") -> np.ndarray:
+    """Adjusted Outlyingness of each score.
 
-    Hubert & Van der Veeken's skew-adjusted boxplot: the upper whisker is
-    ``Q3 + 1.5 * exp(3 MC) * IQR`` for a medcouple ``MC >= 0`` and ``Q3 + 1.5 * exp(4 MC) * IQR``
-    otherwise; AO is the distance above the median in units of (whisker - median). Only the
-    upper side is kept: poison is what the concentration MLP finds *more* D-like than the
-    reserve, so a low score is never evidence of poison (the reference rule is two-sided).
-    A batch with no spread above the median gets AO 0 everywhere.
+    Hubert & Van der Veeken's skew-adjusted boxplot: the whiskers are
+    ``Q3 + 1.5 * exp(3 MC) * IQR`` and ``Q1 - 1.5 * exp(-4 MC) * IQR`` for a medcouple ``MC >= 0``,
+    ``Q3 + 1.5 * exp(4 MC) * IQR`` and ``Q1 - 1.5 * exp(-3 MC) * IQR`` otherwise; AO is the distance
+    from the median in units of (whisker - median) on the sample's side. ``sides="upper"`` (ours)
+    keeps the upper side only, 0 at or below the median: poison is what the concentration MLP
+    finds *more* D-like than the reserve, so a low score is never evidence of poison.
+    ``"both"`` is the demo's rule, where a low outlier is selected too. A side with no spread
+    gets AO 0.
     """
     s = np.asarray(scores, dtype=np.float64)
     if len(s) < 4:
@@ -202,15 +231,19 @@ def adjusted_outlyingness(scores: np.ndarray) -> np.ndarray:
     q1, q3 = np.quantile(s, [0.25, 0.75])
     mc = float(medcouple(s))
     upper = q3 + 1.5 * math.exp((3.0 if mc >= 0 else 4.0) * mc) * (q3 - q1)
-    reach = upper - med
-    if not np.isfinite(reach) or reach <= 0:
-        return np.zeros_like(s)
-    return np.clip((s - med) / reach, 0.0, None)
+    lower = q1 - 1.5 * math.exp((-4.0 if mc >= 0 else -3.0) * mc) * (q3 - q1)
+    ao = np.zeros_like(s)
+    above = s > med
+    if np.isfinite(upper) and upper > med:
+        ao[above] = (s[above] - med) / (upper - med)
+    if sides == "both" and np.isfinite(lower) and lower < med:
+        ao[~above] = (med - s[~above]) / (med - lower)
+    return ao
 
 
-def select_outliers(scores: np.ndarray, cut: float) -> np.ndarray:
-    """Indices whose upper-side AO exceeds ``cut`` (possibly none)."""
-    return np.flatnonzero(adjusted_outlyingness(scores) > cut)
+def select_outliers(scores: np.ndarray, cut: float, sides: str = "upper") -> np.ndarray:
+    """Indices whose AO (``sides`` as in :func:`adjusted_outlyingness`) exceeds ``cut`` (possibly none)."""
+    return np.flatnonzero(adjusted_outlyingness(scores, sides) > cut)
 
 
 def crossfit_selection(d_scores: torch.Tensor, r_scores: torch.Tensor, d_fold: torch.Tensor, r_fold: torch.Tensor,
@@ -246,10 +279,9 @@ def level_set_z(epsilon: float) -> float:
     inside the log). Measured in standard deviations the same rule is scale-free:
     ``z* = sqrt(-2 ln(eps * sqrt(2 pi)))`` (5.08 for eps = 1e-6).
     """
-    inner = -2.0 * math.log(epsilon * math.sqrt(2.0 * math.pi))
-    if inner <= 0:
-        raise SanitizeError(f"epsilon {epsilon}: must be below 1/sqrt(2 pi) ~ 0.399")
-    return math.sqrt(inner)
+    if not 0 < epsilon < 1 / math.sqrt(2.0 * math.pi):  # also refuses nan
+        raise SanitizeError(f"epsilon {epsilon}: must lie between 0 and 1/sqrt(2 pi) ~ 0.399")
+    return math.sqrt(-2.0 * math.log(epsilon * math.sqrt(2.0 * math.pi)))
 
 
 def robust_z(values: np.ndarray) -> np.ndarray:
@@ -269,10 +301,16 @@ def robust_z(values: np.ndarray) -> np.ndarray:
     return (x - med) / spread
 
 
-def class_log_loss_medians(reserve_losses: np.ndarray, reserve_labels: np.ndarray, num_classes: int) -> np.ndarray:
-    """Median log-loss of the reserve's images of each class (0 for a class without any)."""
-    log_loss = np.log(np.maximum(reserve_losses.astype(np.float64), 1e-12))
-    return np.array([float(np.median(log_loss[reserve_labels == c])) if (reserve_labels == c).any() else 0.0
+def class_log_loss_medians(losses: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """Median log-loss of each class's samples (0 for a class without any).
+
+    ``fast`` takes them over the inspected samples and the canaries, which went through the loop
+    alike: the median ignores a poisoned minority, and the canaries, compared with D after the
+    shift, are shifted by a value that treats them exactly as D's clean samples. (The reserve
+    samples that ``l_min`` trained on have flattened logits, so their losses are not D's.)
+    """
+    log_loss = np.log(np.maximum(losses.astype(np.float64), 1e-12))
+    return np.array([float(np.median(log_loss[labels == c])) if (labels == c).any() else 0.0
                      for c in range(num_classes)])
 
 
@@ -305,13 +343,23 @@ def loss_threshold(losses: np.ndarray, epsilon: float, shift: np.ndarray | None 
     return z > cut, fit
 
 
-def reference_threshold(losses: np.ndarray, epsilon: float) -> float:
-    """The spec's rule, for comparison only: Gaussian on the lower half, density level ``eps``."""
+def demo_threshold(losses: np.ndarray, epsilon: float) -> tuple[np.ndarray, dict[str, float]]:
+    """Flags and the fit of the demo's ``get_t``, as its code computes it (``reference``).
+
+    A one-component Gaussian mixture (scikit-learn, as the demo) is fitted to the scores at or
+    below their lower median, giving mean ``mu`` and standard deviation ``sigma``; the cut is
+    ``sigma * sqrt(-2 ln(eps) * sigma * sqrt(2 pi)) + mu`` and a score at or above it is flagged.
+    (The paper writes the level set ``mu + sigma * sqrt(-2 ln(eps * sigma * sqrt(2 pi)))``; the
+    code's expression differs, and is what the demo's figures come from.)
+    """
+    from sklearn.mixture import GaussianMixture
+
     x = np.asarray(losses, dtype=np.float64)
-    lower = x[x <= np.quantile(x, 0.5, method="lower")]
-    mu, sigma = float(lower.mean()), float(lower.std())
-    inner = -2.0 * math.log(max(epsilon * sigma * math.sqrt(2 * math.pi), 1e-300))
-    return mu + sigma * math.sqrt(max(inner, 0.0))
+    lower = x[x <= np.quantile(x, 0.5, method="lower")].reshape(-1, 1)
+    fit = GaussianMixture(n_components=1, covariance_type="full", random_state=0).fit(lower)
+    mu, sigma = float(fit.means_[0, 0]), float(np.sqrt(fit.covariances_[0, 0, 0]))
+    cut = sigma * math.sqrt(-2.0 * math.log(epsilon) * sigma * math.sqrt(2.0 * math.pi)) + mu
+    return x >= cut, {"cut": cut, "lower_half_mean": mu, "lower_half_sd": sigma}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -325,27 +373,38 @@ def concentration_mlp(in_dim: int, hidden: int) -> nn.Module:
 
 
 def concentration_scores(d_feats: torch.Tensor, r_feats: torch.Tensor, steps: int, lr: float,
-                         hidden: int, on: str = "logit") -> torch.Tensor:
-    """Train a fresh MLP (D -> 1, reserve -> 0, BCE) on frozen features; its scores of the D batch.
+                         hidden: int, on: str = "logit", loss: str = "bce") -> torch.Tensor:
+    """Train a fresh MLP (D -> 1, reserve -> 0) on frozen features; its scores of the D batch.
 
     ``on="logit"`` returns the MLP's logit, ``"prob"`` its sigmoid (the demo). The sigmoid
     squeezes the upper tail, where poison sits, against 1, so a skew-adjusted boxplot finds few
     outliers there; the logit keeps the tail (measured in ``docs/asset.md``).
 
-    Both halves weigh equally whatever their sizes. One Adam step per iteration on the summed
-    loss replaces the demo's two alternating steps with two optimizer states: the same
-    objective with half the kernel launches.
+    ``loss="bce"`` (ours): one Adam step per iteration on the summed binary cross-entropy of the
+    two halves, each weighing equally whatever their sizes. ``"mse"`` (the demo): two Adam
+    optimisers, one stepping on the squared error of the D half's sigmoid against 1, then the other
+    on the reserve half's against 0. The paper states BCE; the demo's code trains with MSE.
     """
     mlp = concentration_mlp(d_feats.shape[1], hidden).to(d_feats.device)
-    opt = torch.optim.Adam(mlp.parameters(), lr=lr)
     ones = torch.ones(len(d_feats), device=d_feats.device)
     zeros = torch.zeros(len(r_feats), device=r_feats.device)
-    for _ in range(steps):
-        loss = (F.binary_cross_entropy_with_logits(mlp(d_feats).squeeze(1), ones)
-                + F.binary_cross_entropy_with_logits(mlp(r_feats).squeeze(1), zeros))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+    if loss == "mse":
+        opts = [torch.optim.Adam(mlp.parameters(), lr=lr) for _ in range(2)]
+        halves = ((d_feats, ones), (r_feats, zeros))
+        for _ in range(steps):
+            for opt, (x, target) in zip(opts, halves, strict=True):
+                step_loss = F.mse_loss(torch.sigmoid(mlp(x).squeeze(1)), target)
+                opt.zero_grad(set_to_none=True)
+                step_loss.backward()
+                opt.step()
+    else:
+        opt = torch.optim.Adam(mlp.parameters(), lr=lr)
+        for _ in range(steps):
+            step_loss = (F.binary_cross_entropy_with_logits(mlp(d_feats).squeeze(1), ones)
+                         + F.binary_cross_entropy_with_logits(mlp(r_feats).squeeze(1), zeros))
+            opt.zero_grad(set_to_none=True)
+            step_loss.backward()
+            opt.step()
     with torch.no_grad():
         logits = mlp(d_feats).squeeze(1)
     return logits if on == "logit" else torch.sigmoid(logits)
@@ -482,8 +541,8 @@ def select_poison_rich(d_feats: torch.Tensor, r_feats: torch.Tensor, schedule: A
                                                              schedule.mlp_hidden, generator)
         return crossfit_selection(d_scores, r_scores, d_fold, r_fold, schedule.selection_margin)
     scores = concentration_scores(d_feats, r_feats, schedule.mlp_steps, schedule.mlp_lr, schedule.mlp_hidden,
-                                  schedule.ao_on)
-    return select_outliers(scores.cpu().numpy(), schedule.ao_cut)
+                                  schedule.ao_on, schedule.mlp_loss)
+    return select_outliers(scores.cpu().numpy(), schedule.ao_cut, schedule.ao_sides)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -657,17 +716,16 @@ def max_step_norm(model: nn.Module, bn_mode: str, n_selected: int) -> AbstractCo
 
 @torch.no_grad()
 def per_sample_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, prep: Callable,
-                    bn_mode: str = "batch-frozen",
                     batch_size: int = 1024) -> torch.Tensor:
-    """Cross-entropy of every sample under its label, with the running (reserve) BN statistics.
+    """Cross-entropy of every sample under its label, in eval mode (running BN statistics), in float32.
 
-    ``bn_mode="batch"`` reproduces the demo's bias for measurement: batch statistics of the
-    batches as given (there, poison-only batches).
+    The demo scores its clean samples this way but its poison samples in train mode (it sets
+    eval mode between the two loops), which a detector that does not know the truth cannot do.
     """
-    model.train(bn_mode == "batch")  # "batch-frozen" scores with the running statistics
+    model.eval()
     out = []
     for start in range(0, len(y), batch_size):
-        with autocast(x.device):
+        with full_precision(x.device):
             logits = model(prep(x[start:start + batch_size])).float()
         out.append(F.cross_entropy(logits, y[start:start + batch_size], reduction="none"))
     model.eval()
@@ -783,6 +841,40 @@ def _parts(x: torch.Tensor | Samples, take: torch.Tensor | None = None) -> list[
     return [(x, index)]
 
 
+class TrainModeMap:
+    """The demo's concentration features, computed batch by batch: ``feats[idx]``.
+
+    The demo cuts its extractor before the classifier head and runs it in train mode, so the
+    features are the last activation map before global pooling, flattened (8,192 values for a
+    ResNet-18 at 32 px), with every batch-norm layer normalising by the statistics of the batch
+    being read (a D batch and a reserve batch separately). The extractor's running statistics
+    are left as they are. A model without a pooling module gives its penultimate features, in
+    train mode likewise.
+    """
+
+    def __init__(self, model: nn.Module, x: torch.Tensor | Samples, prep: Callable):
+        self.model, self.x, self.prep = model, x, prep
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    @torch.no_grad()
+    def __getitem__(self, idx: torch.Tensor) -> torch.Tensor:
+        inputs = self.prep(self.x[idx])
+        self.model.train()
+        with batch_norm_without_update(self.model):
+            pool = global_pool(self.model)
+            if pool is None:
+                return self.model.features_and_logits(inputs)[0].float()
+            captured: list[torch.Tensor] = []
+            handle = pool.register_forward_hook(lambda _m, args, _o: captured.append(args[0].float().flatten(1)))
+            try:
+                self.model.trunk(inputs)
+            finally:
+                handle.remove()
+        return captured[0]
+
+
 def penultimate(model: nn.Module, x: torch.Tensor | Samples, prep: Callable) -> torch.Tensor:
     """The model's penultimate features of every sample (eval mode, in batches)."""
     return infer(model, x, prep, features=True)[1]
@@ -815,12 +907,13 @@ def image_backbone(data: ImageDataset, arch: str, device: torch.device) -> tuple
 
 
 def image_inputs(data: ImageDataset, reserve: ImageDataset, arch: str, device: torch.device,
-                 custom: bool) -> Inputs:
-    """Image folders on ``device``: a CNN on per-channel normalised pixels (``arch`` or auto)."""
+                 custom: bool, reserve_check: bool = True) -> Inputs:
+    """Image folders on ``device``: a CNN on per-channel normalised pixels (``arch`` or auto).
+    With ``reserve_check`` the reserve must fit the data (:func:`sanitize.reserve_fit.fitted_reserve`)."""
     check_reserve(reserve, data)
     if len(data) < 2 * data.num_classes:
         raise SanitizeError(f"dataset has {len(data)} images: too few to inspect")
-    notes = []
+    reserve, fit_settings, notes = _fitted(data, reserve, "images", reserve_check)
     if not custom:
         chosen = default_arch(device, min(data.size)) if arch == "auto" else arch
         if arch == "auto":
@@ -829,10 +922,20 @@ def image_inputs(data: ImageDataset, reserve: ImageDataset, arch: str, device: t
     data, reserve = data.to(device), reserve.to(device)
     factory, prep = image_backbone(data, arch, device)
     return Inputs(data.images, data.labels, reserve.images, reserve.labels, data.num_classes, factory, prep, arch,
-                  np.arange(len(data)), len(data), min(data.size), notes=notes)
+                  np.arange(len(data)), len(data), min(data.size), notes=notes, settings=fit_settings)
 
 
-def feature_inputs(data: FeatureDataset, reserve: FeatureDataset, arch: str, device: torch.device) -> Inputs:
+def _fitted(data: Dataset, reserve: Dataset, what: str, check: bool) -> tuple[Dataset, dict[str, Any], list[str]]:
+    """The reserve after :func:`sanitize.reserve_fit.fitted_reserve` (when ``check``), the settings
+    entry recording the check, and its notes."""
+    if not check:
+        return reserve, {}, []
+    reserve, fit = fitted_reserve(data, reserve, what)
+    return reserve, {"reserve_check": fit.as_dict()}, list(fit.notes)
+
+
+def feature_inputs(data: FeatureDataset, reserve: FeatureDataset, arch: str, device: torch.device,
+                   reserve_check: bool = True) -> Inputs:
     """Feature rows on ``device``: the CT paper's EMBER MLP with one output per class, labelled rows only.
 
     Rows are standardised as ``(x - mean) / (std + 0.1)`` with the inspected set's statistics,
@@ -852,6 +955,7 @@ def feature_inputs(data: FeatureDataset, reserve: FeatureDataset, arch: str, dev
     if len(labelled) < 20 or (counts < 2).any():
         raise SanitizeError(f"dataset has {len(labelled)} labelled rows ({counts.tolist()} per class): "
                             f"too few of each class to inspect")
+    reserve, fit_settings, fit_notes = _fitted(data, reserve, "rows", reserve_check)
     data, reserve = data.to(device), reserve.to(device)
     prep = Standardise.fit(data)
     dim, classes = data.dim, data.num_classes
@@ -861,13 +965,32 @@ def feature_inputs(data: FeatureDataset, reserve: FeatureDataset, arch: str, dev
 
     index = torch.from_numpy(labelled).to(device)
     reserve_index = torch.from_numpy(reserve.labelled_indices()).to(device)
-    notes = [f"{data.n_unlabelled} unlabelled row(s) not inspected (score 0, never flagged)"] if data.n_unlabelled \
-        else []
+    notes = fit_notes + ([f"{data.n_unlabelled} unlabelled row(s) not inspected (score 0, never flagged)"]
+                         if data.n_unlabelled else [])
     return Inputs(Samples((data.X, index)), data.labels[index], Samples((reserve.X, reserve_index)),
                   reserve.labels[reserve_index], classes, factory, prep, "ember_mlp", labelled, len(data), None,
                   embed=first_block, notes=notes,
                   settings={"standardisation": "(x - mean) / (std + 0.1)", "outputs": classes,
-                            "concentration_features": "first hidden layer (200)"})
+                            "concentration_features": "first hidden layer (200)", **fit_settings})
+
+
+def extractor_inputs(inp: Inputs, with_reserve: bool) -> tuple[torch.Tensor | Samples, torch.Tensor]:
+    """What the feature extractor trains on: the inspected samples (and canaries), and with
+    ``with_reserve`` the reserve as well, under its true labels.
+
+    Why the reserve (``fast``): the cross-fitted selection compares D's held-out concentration
+    scores with the reserve's. A model trained on D but not on the reserve places its own training
+    samples differently from unseen ones, so clean D would stand out from the reserve by
+    membership alone, and the comparison would not be between exchangeable samples. Trained on
+    both, clean D and the reserve differ only in what poison adds. The reserve is trusted clean,
+    so it cannot teach the extractor a trigger.
+    """
+    if not with_reserve:
+        return inp.x, inp.y
+    y = torch.cat([inp.y, inp.reserve_y])
+    if isinstance(inp.x, torch.Tensor) and isinstance(inp.reserve_x, torch.Tensor):
+        return torch.cat([inp.x, inp.reserve_x]), y
+    return Samples(*_parts(inp.x), *_parts(inp.reserve_x)), y
 
 
 def extractor_spec(schedule: AssetSchedule, n: int, image_side: int | None, augment: bool | None) -> TrainSpec:
@@ -890,30 +1013,26 @@ def extractor_spec(schedule: AssetSchedule, n: int, image_side: int | None, augm
     return replace(spec, epochs=epochs, augment=use_aug)
 
 
-def flags_beyond_chance(flagged: np.ndarray, labels: np.ndarray, num_classes: int, chance: float) -> np.ndarray:
-    """Per class, the probability of at least its flag count if each of its samples were flagged
-    independently at rate ``chance`` (the binomial upper tail; 1 for a class without flags)."""
-    counts = np.bincount(labels[flagged], minlength=num_classes)
-    sizes = np.bincount(labels, minlength=num_classes)
-    return np.where(counts > 0, binom.sf(counts - 1, sizes, chance), 1.0)
-
-
-def suspected_from_flags(flagged: np.ndarray, labels: np.ndarray, num_classes: int,
-                         chance_p: np.ndarray | None = None) -> list[int]:
-    """Classes that hold a real share of the flags: >= 2 flags and >= half the busiest class's.
-
-    ASSET scores samples, not classes; a dirty-label backdoor concentrates its flags in the
-    target class, while a few stray false positives scatter across classes. With canaries, a
-    clean sample clears the cut with probability at most 1/(m+1) on average (m canaries), so a
-    class must also hold more flags than that rate explains: ``chance_p`` (from
-    :func:`flags_beyond_chance`) below 1e-3. Two stray flags in a class of 135 clean digits
-    (p = 0.44) then no longer make it a target, while 0.3 % poison of 50,000 images (150 flags in
-    a class of 5,000, 200 canaries: p < 1e-60) still does.
-    """
+def suspected_from_flags(flagged: np.ndarray, labels: np.ndarray, num_classes: int) -> list[int]:
+    """Without canaries (``reference``): classes that hold a real share of the flags, >= 2 flags and
+    >= half the busiest class's. A dirty-label backdoor concentrates its flags in the target
+    class, while a few stray false positives scatter across classes."""
     counts = np.bincount(labels[flagged], minlength=num_classes)
     top = counts.max() if len(counts) else 0
-    return [c for c in range(num_classes) if counts[c] >= 2 and counts[c] >= 0.5 * top
-            and (chance_p is None or chance_p[c] < 1e-3)]
+    return [c for c in range(num_classes) if counts[c] >= 2 and counts[c] >= 0.5 * top]
+
+
+def canary_p_values(flagged: np.ndarray, labels: np.ndarray, num_classes: int, canaries: int) -> np.ndarray:
+    """Per class, the exact probability of at least its flag count among clean samples.
+
+    Flags are the samples above every one of the ``canaries`` canaries' scores (the cut is raised
+    to the highest canary). If the class's n samples are exchangeable with the canaries, at
+    least k of them lie above all m canaries with probability C(n, k) / C(n + m, k)
+    (:func:`sanitize.detectors.canaries.below_lowest_canary_p`), whatever the scores look like.
+    """
+    counts = np.bincount(labels[flagged], minlength=num_classes)
+    sizes = np.bincount(labels, minlength=num_classes)
+    return np.array([below_lowest_canary_p(int(sizes[c]), int(counts[c]), canaries) for c in range(num_classes)])
 
 
 @dataclass
@@ -941,11 +1060,13 @@ class ASSET:
     selection: str | None = None
     selection_margin: float | None = None
     epsilon: float | None = None
-    bn_mode: str = "batch-frozen"  # see offset_loop; "batch" is the demo's behaviour, for measurement only
+    bn_mode: str | None = None  # see offset_loop; the schedule's unless set
     model_factory: ModelFactory | None = None
     preprocess: Callable | None = None
     augment: bool | None = None
-    calibrate: bool = True
+    calibrate: bool | None = None  # per-class calibration of the threshold; the schedule's unless set
+    alpha: float = DEFAULT_ALPHA  # false-alarm level of the class test (with canaries), Bonferroni over classes
+    reserve_check: bool = True  # refuse a reserve that does not fit the data (sanitize.reserve_fit)
 
     def resolved_schedule(self, features: bool = False) -> AssetSchedule:
         """The schedule with this detector's overrides (``features``: the feature-row schedules)."""
@@ -954,7 +1075,8 @@ class ASSET:
         changes = {k: v for k, v in (("batch_size", self.batch_size), ("lr", self.lr), ("mlp_steps", self.mlp_steps),
                                      ("ao_cut", self.ao_cut), ("selection", self.selection),
                                      ("selection_margin", self.selection_margin),
-                                     ("epsilon", self.epsilon)) if v is not None}
+                                     ("epsilon", self.epsilon), ("bn_mode", self.bn_mode),
+                                     ("class_calibration", self.calibrate)) if v is not None}
         schedule = replace(schedule, **changes)
         if schedule.batch_size < 8 or schedule.mlp_steps < 1 or schedule.lr <= 0:
             raise SanitizeError("ASSET needs batch size >= 8, mlp steps >= 1 and a positive learning rate")
@@ -965,8 +1087,11 @@ class ASSET:
             raise SanitizeError(f"ao_cut applies to the ao selection only; this schedule selects by "
                                 f"{schedule.selection} (pass selection='ao' too)")
         level_set_z(schedule.epsilon)
-        if self.bn_mode not in ("reserve", "batch-frozen", "batch"):
-            raise SanitizeError(f"bn_mode {self.bn_mode!r}: expected reserve or batch")
+        check_alpha(self.alpha)
+        if schedule.bn_mode not in ("reserve", "batch-frozen", "batch"):
+            raise SanitizeError(f"bn_mode {schedule.bn_mode!r}: expected reserve, batch-frozen or batch")
+        if schedule.features == "map" and schedule.selection == "global":
+            raise SanitizeError("the global selection needs features computed once (features='pooled')")
         return schedule
 
     def inputs(self, data: Dataset, reserve: Dataset, device: torch.device) -> Inputs:
@@ -976,9 +1101,11 @@ class ASSET:
         if isinstance(data, FeatureDataset):
             if self.augment:
                 raise SanitizeError("feature rows have no augmentation: leave augment unset")
-            inputs = feature_inputs(data, reserve, "auto" if self.model_factory else self.arch, device)
+            inputs = feature_inputs(data, reserve, "auto" if self.model_factory else self.arch, device,
+                                    self.reserve_check)
         elif isinstance(data, ImageDataset):
-            inputs = image_inputs(data, reserve, self.arch, device, custom=self.model_factory is not None)
+            inputs = image_inputs(data, reserve, self.arch, device, custom=self.model_factory is not None,
+                                  reserve_check=self.reserve_check)
         else:
             raise SanitizeError(f"asset inspects image folders or feature rows, not {type(data).__name__}")
         if self.model_factory is not None:
@@ -1002,38 +1129,50 @@ class ASSET:
             if schedule.canary_fraction > 0:
                 inp = with_canaries(inp, schedule.canary_fraction, gen)
 
-        base_spec = extractor_spec(schedule, len(inp.y), inp.image_side, self.augment)
+        train_x, train_y = extractor_inputs(inp, schedule.extractor_sees_reserve)
+        base_spec = extractor_spec(schedule, len(train_y), inp.image_side, self.augment)
         with timer("extractor"), progress.phase("feature extractor", base_spec.epochs) as adv:
-            extractor = train_supervised(inp.factory(), inp.x, inp.y, base_spec, inp.prep, gen, on_epoch=adv)
+            extractor = train_supervised(inp.factory(), train_x, train_y, base_spec, inp.prep, gen, on_epoch=adv)
         with timer("features"):
-            embed = inp.embed or penultimate
-            d_feats, r_feats = embed(extractor, inp.x, inp.prep), embed(extractor, inp.reserve_x, inp.prep)
-            del extractor
+            if schedule.features == "map" and inp.image_side is not None:
+                d_feats, r_feats = TrainModeMap(extractor, inp.x, inp.prep), TrainModeMap(extractor, inp.reserve_x,
+                                                                                          inp.prep)
+            else:
+                embed = inp.embed or penultimate
+                d_feats, r_feats = embed(extractor, inp.x, inp.prep), embed(extractor, inp.reserve_x, inp.prep)
+                del extractor
         steps = schedule.offset_steps(len(inp.y))
         with timer("offset loop"), progress.phase("offset loop", steps) as adv:
             offset = inp.factory()
             log = offset_loop(offset, inp.x, inp.y, inp.reserve_x, d_feats, r_feats, schedule, inp.prep, gen, adv,
-                              self.bn_mode, inp.n_canaries)
+                              schedule.bn_mode, inp.n_canaries)
         with timer("score"), progress.phase("score", 1) as adv:
-            losses = per_sample_loss(offset, inp.x, inp.y, inp.prep, self.bn_mode).cpu().numpy()
-            reserve_losses = per_sample_loss(offset, inp.reserve_x, inp.reserve_y, inp.prep,
-                                             self.bn_mode).cpu().numpy()
-            class_shift = class_log_loss_medians(reserve_losses, inp.reserve_y.cpu().numpy(), inp.num_classes)
+            losses = per_sample_loss(offset, inp.x, inp.y, inp.prep).cpu().numpy()
             labels = inp.y.cpu().numpy()
-            flagged, fit = loss_threshold(losses, schedule.epsilon, class_shift[labels] if self.calibrate else None,
-                                          inp.n_canaries)
+            if inp.n_canaries:
+                class_shift = class_log_loss_medians(losses, labels, inp.num_classes)
+            else:
+                reserve_losses = per_sample_loss(offset, inp.reserve_x, inp.reserve_y, inp.prep).cpu().numpy()
+                class_shift = class_log_loss_medians(reserve_losses, inp.reserve_y.cpu().numpy(), inp.num_classes)
+            if schedule.threshold == "demo":
+                flagged, cut = demo_threshold(losses, schedule.epsilon)
+                flagged = flagged[:len(flagged) - inp.n_canaries]
+            else:
+                flagged, cut = loss_threshold(losses, schedule.epsilon,
+                                              class_shift[labels] if schedule.class_calibration else None,
+                                              inp.n_canaries)
             adv()
         n = len(flagged)  # the inspected samples, without the canaries
-        result = self._result(inp, losses[:n], flagged, labels[:n], class_shift)
+        result = self._result(inp, losses[:n], flagged, labels[:n], class_shift, self.alpha)
         result.timings = timer.timings
         result.seed = self.seed
         result.device = describe(device)
         result.settings = {"schedule": schedule.name, "arch": inp.arch, **_schedule_settings(schedule),
-                           "bn_mode": self.bn_mode, "calibrate": self.calibrate, "offset_steps": log.steps,
+                           "offset_steps": log.steps,
                            "empty_selections": log.empty_selections, "selected_total": log.selected,
                            **({"global_selected": log.global_selected} if log.global_selected is not None else {}),
-                           "canaries": inp.n_canaries, "threshold": fit, **inp.settings,
-                           "precision": "bf16 autocast" if device.type == "cuda" else "float32"}
+                           "canaries": inp.n_canaries, "threshold": cut, **inp.settings,
+                           "precision": PRECISION[device.type == "cuda"]}
         if log.empty_selections:
             result.notes.append(f"{log.empty_selections} of {log.steps} offset steps selected nothing "
                                 f"(max step skipped)")
@@ -1042,20 +1181,24 @@ class ASSET:
 
     @staticmethod
     def _result(inp: Inputs, losses: np.ndarray, flagged: np.ndarray, labels: np.ndarray,
-                class_shift: np.ndarray) -> DetectionResult:
+                class_shift: np.ndarray, alpha: float) -> DetectionResult:
         """Scores and flags of every input row (rows not inspected: score 0, never flagged), per-class stats."""
         c = inp.num_classes
-        chance_p = flags_beyond_chance(flagged, labels, c, 1.0 / (inp.n_canaries + 1)) if inp.n_canaries else None
-        suspected = suspected_from_flags(flagged, labels, c, chance_p) if flagged.any() else []
+        if inp.n_canaries:
+            p_values = canary_p_values(flagged, labels, c, inp.n_canaries)
+            level = alpha / max(1, int((np.bincount(labels, minlength=c) > 0).sum()))
+            suspected = [k for k in range(c) if p_values[k] < level]
+        else:
+            p_values, suspected = None, suspected_from_flags(flagged, labels, c)
         sizes = np.bincount(labels, minlength=c)
         n_flag = np.bincount(labels[flagged], minlength=c)
         stats = [{"class": k, "n_samples": int(sizes[k]), "n_flagged": int(n_flag[k]),
                   "median_loss": float(np.median(losses[labels == k])) if sizes[k] else None,
-                  "reserve_median_log_loss": float(class_shift[k]),
+                  "median_log_loss": float(class_shift[k]),
                   "suspected": k in suspected} for k in range(c)]
-        if chance_p is not None:
-            for entry, p_value in zip(stats, chance_p, strict=True):
-                entry["flags_chance_p"] = float(p_value)
+        if p_values is not None:
+            for entry, p_value in zip(stats, p_values, strict=True):
+                entry["p_value"] = float(p_value)
         scores = np.zeros(inp.n_rows)
         all_flags = np.zeros(inp.n_rows, dtype=bool)
         scores[inp.inspected] = losses

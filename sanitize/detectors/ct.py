@@ -39,21 +39,22 @@ from torch.nn import functional as F
 from ..data import ImageDataset, check_reserve
 from ..devices import PhaseTimer, describe, resolve_device, seed_everything
 from ..engine import (
+    PRECISION,
     Preprocess,
     TrainSpec,
     autocast,
-    global_pool,
     infer,
     make_sgd,
     planned_batches,
-    pooled_map,
     stratified_split,
     train_supervised,
 )
 from ..errors import SanitizeError
 from ..models import Classifier, build_model, default_arch
 from ..progress import Progress, Silent
+from ..reserve_fit import fitted_reserve
 from ..result import DetectionResult
+from .canaries import DEFAULT_ALPHA, canary_class_test, check_alpha, class_robust_z, share_notes
 
 
 @dataclass(frozen=True)
@@ -89,24 +90,29 @@ class CTSchedule:
     base: TrainSpec | None = None  # None: confusion labels come from the round-0 model
     min_pretrain_steps: int = 0  # small datasets: train at least this many steps per round
     min_confusion_steps: int = 0
-    holdout_fraction: float = 0.0  # reserve share kept out of training for the clean-fit check
+    # Reserve share placed into D as canaries (trained like D under true labels, the class test's
+    # null; sanitize.detectors.canaries). 0: the paper's likelihood-ratio rule decides.
+    canary_fraction: float = 0.0
     pretrain_batch_size: int | None = None
-    # The class test also reads the last round's pretrained model (see ConfusionTraining._decide)
-    cluster_test_on_pretrained: bool = False
 
     @property
     def pretrain_batch(self) -> int:
         return self.pretrain_batch_size or self.batch_size
 
 
+# The official code's CIFAR-10 configuration (``config.py`` and ``ct_cleanser.py`` of
+# Unispac/Fight-Poison-With-Poison): pretraining 100, 100, 40, 40, 40, 40 epochs at lr 0.01; 6000
+# confusion steps in rounds 0-3 and 2000 in rounds 4-5; lr 1e-3 x3 then 1e-2 x3; lambda
+# 20, 20, 20, 30, 30, 15; batch factor 2 in every round; batch 32; momentum 0.7; weight decay
+# 1e-4; the base model of ``train_on_poisoned_set.py`` (100 epochs, lr 0.1, x0.1 at epochs 50 and 75).
 REFERENCE = CTSchedule(
     name="reference",
     rounds=(
         RoundSpec(100, 6000, 1e-3, 20, 2, 1 / 2, 50),
         RoundSpec(100, 6000, 1e-3, 20, 2, 1 / 5, 50),
-        RoundSpec(40, 6000, 1e-3, 20, 4, 1 / 25, 50),
-        RoundSpec(40, 6000, 1e-2, 30, 8, 1 / 50, 50),
-        RoundSpec(40, 2000, 1e-2, 30, 8, 1 / 100, 100),
+        RoundSpec(40, 6000, 1e-3, 20, 2, 1 / 25, 50),
+        RoundSpec(40, 6000, 1e-2, 30, 2, 1 / 50, 50),
+        RoundSpec(40, 2000, 1e-2, 30, 2, 1 / 100, 100),
         RoundSpec(40, 2000, 1e-2, 15, 2, None),
     ),
     batch_size=32,
@@ -114,6 +120,17 @@ REFERENCE = CTSchedule(
     pretrain_lr=0.01,
     base=TrainSpec(epochs=100, batch_size=128, lr=0.1, momentum=0.9, weight_decay=1e-4,
                    augment=True, lr_schedule="multistep"),
+)
+
+# The same code's GTSRB configuration: lambda 20 and lr 1e-3 in every round, batch factors
+# 2, 2, 4, 8, 8, 2; its base model trains at lr 0.01 (x0.1 at epochs 30 and 60 of 100) with
+# random rotations of up to 15 degrees instead of flips and crops.
+REFERENCE_GTSRB = replace(
+    REFERENCE,
+    name="reference-gtsrb",
+    rounds=tuple(replace(spec, lr=1e-3, lam=20, batch_factor=factor)
+                 for spec, factor in zip(REFERENCE.rounds, (2, 2, 4, 8, 8, 2), strict=True)),
+    base=replace(REFERENCE.base, lr=0.01, milestones=(0.3, 0.6), augmentation="rotate", rotation_degrees=15.0),
 )
 
 # Our schedule, calibrated on CIFAR-10 (docs/benchmarks.md): pretraining at batch 256 with
@@ -138,11 +155,10 @@ FAST = CTSchedule(
     pretrain_lr=0.05,
     min_pretrain_steps=150,
     min_confusion_steps=60,
-    holdout_fraction=0.2,
-    cluster_test_on_pretrained=True,
+    canary_fraction=0.5,
 )
 
-SCHEDULES = {s.name: s for s in (FAST, REFERENCE)}
+SCHEDULES = {s.name: s for s in (FAST, REFERENCE, REFERENCE_GTSRB)}
 
 
 def get_schedule(name: str) -> CTSchedule:
@@ -217,6 +233,27 @@ def distill(losses: torch.Tensor, labels: torch.Tensor, num_classes: int, keep_r
     return torch.nonzero(keep).flatten()
 
 
+def split_canaries(reserve, fraction: float, gen: torch.Generator):
+    """Stratified split of a reserve (images or feature rows) into (confusion part, canaries or None).
+
+    ``round(fraction * n_c)`` samples of each class with at least 4 become canaries; every class
+    keeps at least two for confusion.
+    """
+    if fraction <= 0:
+        return reserve, None
+    kept, held = stratified_split(reserve.labels, reserve.num_classes, fraction, gen, min_kept=2)
+    if len(held) == 0:
+        return reserve, None
+    return reserve.subset(kept), reserve.subset(held)
+
+
+def with_canaries(data: ImageDataset, canaries: ImageDataset) -> ImageDataset:
+    """``data`` followed by ``canaries`` under their true labels, as one tensor the loops index directly."""
+    return ImageDataset(torch.cat([data.images, canaries.images]), torch.cat([data.labels, canaries.labels]),
+                        data.classes, data.paths + [f"canary:{p}" for p in canaries.paths], data.root,
+                        list(data.notes))
+
+
 def likelihood_ratio(features: np.ndarray, isolated: np.ndarray) -> float:
     """exp(mean log-likelihood gain) of "isolated vs rest" Gaussians over one "rest" Gaussian.
 
@@ -241,57 +278,21 @@ def likelihood_ratio(features: np.ndarray, isolated: np.ndarray) -> float:
     return float(math.exp(min(gain, 700.0)))
 
 
-OVERWHELMING_RATIO = 1e3  # mean log-likelihood gain > 6.9 nats: a tight, separate cluster
-
-
-def decide_classes(ratios: np.ndarray, isolated_fraction: np.ndarray,
-                   clean_fit_rate: np.ndarray | None = None) -> list[int]:
-    """Which classes are backdoor targets.
-
-    Reference rule: the class with the largest likelihood ratio if it exceeds 1.5, and any class
-    whose ratio exceeds 2. With ``clean_fit_rate`` (the ``fast`` schedule's held-out check) a
-    class must also have more fitted ("isolated") samples than clean data of that class explains:
-    its isolated fraction must exceed the rate at which held-out clean reserve images of the class
-    stay fitted, and either exceed it twice over or come with an overwhelming cluster separation
-    (ratio > 1e3). A backdoor target passes (its poison is fitted through the trigger and forms a
-    tight cluster); a class that confusion merely failed to erase on a clean dataset does not,
-    which removes the reference's false alarms on clean data. The held-out estimate rests on
-    tens of images per class, hence the ratio escape for low poison rates.
-    """
+def decide_classes(ratios: np.ndarray) -> list[int]:
+    """The reference's rule: the class with the largest likelihood ratio if it exceeds 1.5, and any
+    class whose ratio exceeds 2."""
     top = float(ratios.max()) if len(ratios) else 0.0
-    chosen = [c for c, r in enumerate(ratios) if (r == top and r > 1.5) or r > 2.0]
-    if clean_fit_rate is None:
-        return chosen
-    return [c for c in chosen
-            if isolated_fraction[c] > clean_fit_rate[c]
-            and (isolated_fraction[c] > 2.0 * clean_fit_rate[c] or ratios[c] > OVERWHELMING_RATIO)]
+    return [c for c, r in enumerate(ratios) if (r == top and r > 1.5) or r > 2.0]
 
 
-def held_out_fit_rate(fitted: np.ndarray, labels: np.ndarray, num_classes: int,
-                      prior_weight: float = 10.0) -> np.ndarray:
-    """Per-class rate at which held-out clean images keep their label.
-
-    A reserve holds only tens of images per class, so each class's rate is shrunk toward the
-    pooled rate over all held-out images (a beta prior worth ``prior_weight`` images): a class
-    with no held-out images gets the pooled rate, a well-sampled class mostly its own.
-    """
-    pooled = (fitted.sum() + 0.5) / (len(fitted) + 1.0)
-    rates = np.empty(num_classes)
-    for c in range(num_classes):
-        members = labels == c
-        rates[c] = (fitted[members].sum() + prior_weight * pooled) / (members.sum() + prior_weight)
-    return rates
-
-
-def split_holdout(reserve: ImageDataset, fraction: float, gen: torch.Generator
-                  ) -> tuple[ImageDataset, ImageDataset | None]:
-    """Stratified split of the reserve into (confusion part, held-out part)."""
-    if fraction <= 0:
-        return reserve, None
-    kept, held = stratified_split(reserve.labels, reserve.num_classes, fraction, gen)
-    if len(held) == 0:
-        return reserve, None
-    return reserve.subset(kept), reserve.subset(held)
+def class_ratios(features: np.ndarray, labels: np.ndarray, isolated: np.ndarray, num_classes: int) -> np.ndarray:
+    """The reference's statistic (:func:`likelihood_ratio`) of every class with at least 4 samples (else 1)."""
+    ratios = np.ones(num_classes)
+    for cls in range(num_classes):
+        members = labels == cls
+        if members.sum() >= 4:
+            ratios[cls] = likelihood_ratio(features[members], isolated[members])
+    return ratios
 
 
 @dataclass
@@ -299,6 +300,9 @@ class ConfusionTraining:
     """Confusion Training detector (estimator-style: configure, then :meth:`detect`).
 
     >>> result = ConfusionTraining(schedule="fast", seed=0).detect(dataset, reserve)
+
+    ``alpha``: the false-alarm level of the class test of schedules with canaries (``fast``),
+    for the whole run (Bonferroni over the classes); see :mod:`sanitize.detectors.canaries`.
     """
 
     schedule: str | CTSchedule = "fast"
@@ -306,10 +310,13 @@ class ConfusionTraining:
     device: str | torch.device = "auto"
     seed: int = 0
     progress: Progress | None = None
+    alpha: float = DEFAULT_ALPHA
+    reserve_check: bool = True  # refuse a reserve that does not fit the data (sanitize.reserve_fit)
 
     def detect(self, data: ImageDataset, reserve: ImageDataset) -> DetectionResult:
         device = resolve_device(self.device)
         schedule = self.schedule if isinstance(self.schedule, CTSchedule) else get_schedule(self.schedule)
+        check_alpha(self.alpha)
         check_reserve(reserve, data)
         if len(data) < 2 * data.num_classes:
             raise SanitizeError(f"dataset has {len(data)} images: too few to inspect")
@@ -318,8 +325,15 @@ class ConfusionTraining:
         gen = seed_everything(self.seed)
         timer = PhaseTimer(device)
         data, reserve = data.to(device), reserve.to(device)
-        reserve, holdout = split_holdout(reserve, schedule.holdout_fraction, gen)
+        fit = None
+        if self.reserve_check:
+            with timer("reserve check"):
+                reserve, fit = fitted_reserve(data, reserve, "images")
+        reserve, canaries = split_canaries(reserve, schedule.canary_fraction, gen)
+        n_inspected = len(data)
         prep = Preprocess.fit(data.images)
+        if canaries is not None:
+            data = with_canaries(data, canaries)
         c = data.num_classes
         n = len(data)
 
@@ -355,7 +369,8 @@ class ConfusionTraining:
                                    momentum=0.9, weight_decay=schedule.weight_decay)
             with timer(f"round {r} pretrain"), progress.phase(f"round {r}: pretrain", epochs) as adv:
                 train_supervised(model, images, labels, train_spec, prep, gen, on_epoch=adv)
-            pretrained = copy.deepcopy(model.state_dict())
+            if not final:
+                pretrained = copy.deepcopy(model.state_dict())
             if base_pred is None:  # fast schedule: the round-0 model provides the confusion labels
                 base_pred = infer(model, reserve.images, prep)[0].argmax(1)
             steps = spec.steps_for(len(reserve), schedule.batch_size, schedule.min_confusion_steps)
@@ -368,12 +383,8 @@ class ConfusionTraining:
                 losses = F.cross_entropy(logits, data.labels, reduction="none")
                 subset = distill(losses, data.labels, c, spec.keep_ratio, spec.topup_divisor)
 
-        reader = None
-        if schedule.cluster_test_on_pretrained:
-            reader = new_model()
-            reader.load_state_dict(pretrained)
         with timer("detect"), progress.phase("detect", 1) as adv:
-            result = self._decide(model, data, holdout, prep, reader)
+            result = self._decide(model, data, prep, n_inspected)
             adv()
         result.timings = timer.timings
         result.seed = self.seed
@@ -382,79 +393,61 @@ class ConfusionTraining:
                            "rounds": [asdict(s) for s in schedule.rounds],
                            "batch_size": schedule.batch_size,
                            "base_model": schedule.base is not None,
-                           "precision": "bf16 autocast" if device.type == "cuda" else "float32"}
+                           "canaries": n - n_inspected,
+                           "class_test": "canaries" if n > n_inspected else "likelihood ratio (the paper's)",
+                           **({"alpha": self.alpha} if n > n_inspected else {}),
+                           **({"reserve_check": fit.as_dict()} if fit else {}),
+                           "precision": PRECISION[device.type == "cuda"]}
+        result.notes[:0] = fit.notes if fit else []
         if self.arch == "auto":
             result.notes.append(f"--arch auto chose {arch} for {describe(device)} at "
                                 f"{data.size[0]}x{data.size[1]} px")
         return result
 
-    def _decide(self, model: Classifier, data: ImageDataset, holdout: ImageDataset | None,
-                prep: Preprocess, pretrained: Classifier | None = None) -> DetectionResult:
-        """Pick the target classes and flag their isolated samples.
+    def _decide(self, model: Classifier, data: ImageDataset, prep: Preprocess, n_inspected: int) -> DetectionResult:
+        """Pick the target classes and flag their samples.
 
-        ``isolated`` (still predicted as its label) always comes from the confused model. The
-        cluster test reads the confused model's penultimate features, as the reference does, and,
-        when ``pretrained`` is given (``fast``), also the last round's pretrained model; a class's
-        statistic is the larger of the two. Confusion pulls every feature towards the reserve's
-        wrong labels, and in a small network that can merge the poison with clean images of its
-        class even though the poison stays fitted: on 3,000 CIFAR-10 images with the CPU's small
-        CNN the target's ratio was 1.16-1.19 in the confused model and 1e10-1e14 in the last
-        pretrained model, which was trained on the distilled, poison-rich set (docs/ct.md). That
-        model is read before pooling (:func:`pooled_map`) where the architecture allows, because
-        a small trigger is diluted by global average pooling. Reading a second model can only
-        raise a class's statistic, so the held-out clean-fit check guards clean classes.
+        The last confused model reads every sample of D and every canary (the samples after
+        ``n_inspected``). *Isolated* samples are those it still predicts as their label. Every
+        class gets the reference's cluster statistic on the confused model's penultimate
+        features (:func:`likelihood_ratio`). Without canaries (``reference``) the paper's rule
+        decides on it and flags the isolated samples of the chosen classes. With canaries the
+        calibrated test of :mod:`sanitize.detectors.canaries` decides: scores are the log-losses
+        of isolated samples, standardised within each class by the samples confusion erased
+        (not isolated: never below the cut); a suspected class loses its isolated samples.
         """
         logits, feats = infer(model, data.images, prep, features=True)
-        labels = data.labels
-        isolated = (logits.argmax(1) == labels).cpu().numpy()
-        label_prob = torch.softmax(logits, 1).gather(1, labels[:, None]).squeeze(1).cpu().numpy()
-        labels_np = labels.cpu().numpy()
-        feats_np = feats.cpu().numpy()
+        labels = data.labels.cpu().numpy()
+        isolated = (logits.argmax(1) == data.labels).cpu().numpy()
+        log_loss = np.log(np.maximum(F.cross_entropy(logits, data.labels, reduction="none").cpu().numpy(), 1e-30))
+        label_prob = torch.softmax(logits, 1).gather(1, data.labels[:, None]).squeeze(1).cpu().numpy()
         c = data.num_classes
-        sizes = np.bincount(labels_np, minlength=c)
-        counts = np.bincount(labels_np[isolated], minlength=c)
-        confused_ratios = np.ones(c)
-        pretrained_ratios = np.ones(c) if pretrained is not None else None
-        for cls in range(c):
-            members = labels_np == cls
-            if sizes[cls] < 4:
-                continue
-            confused_ratios[cls] = likelihood_ratio(feats_np[members], isolated[members])
-            if pretrained is not None:
-                images = data.images[torch.from_numpy(np.flatnonzero(members)).to(data.images.device)]
-                pretrained_ratios[cls] = likelihood_ratio(last_hidden_layer(pretrained, images, prep),
-                                                          isolated[members])
-        ratios = confused_ratios if pretrained_ratios is None else np.maximum(confused_ratios, pretrained_ratios)
-        fraction = counts / np.maximum(sizes, 1)
-        fit_rate = None
-        if holdout is not None:
-            held_fitted = (infer(model, holdout.images, prep)[0].argmax(1) == holdout.labels).cpu().numpy()
-            fit_rate = held_out_fit_rate(held_fitted, holdout.labels.cpu().numpy(), c)
-        suspected = decide_classes(ratios, fraction, fit_rate)
-        flagged = isolated & np.isin(labels_np, suspected)
-        stats = [{"class": cls, "n_samples": int(sizes[cls]), "n_isolated": int(counts[cls]),
-                  "likelihood_ratio": float(ratios[cls]),
-                  "likelihood_ratio_confused": float(confused_ratios[cls]),
-                  "likelihood_ratio_pretrained": None if pretrained_ratios is None else float(pretrained_ratios[cls]),
-                  "held_out_fit_rate": None if fit_rate is None else float(fit_rate[cls]),
-                  "suspected": cls in suspected}
-                 for cls in range(c)]
-        return DetectionResult("ct", scores=label_prob, flagged=flagged, suspected_classes=suspected,
-                               class_stats=stats)
-
-
-def last_hidden_layer(model: Classifier, images: torch.Tensor, prep: Preprocess) -> np.ndarray:
-    """The activation map before global pooling, or the pooled features if the model has no pool module."""
-    if global_pool(model) is not None:
-        return pooled_map(model, images, prep).numpy()
-    return infer(model, images, prep, features=True)[1].cpu().numpy()
+        d, k = slice(0, n_inspected), slice(n_inspected, None)
+        ratios = class_ratios(feats[d].cpu().numpy(), labels[d], isolated[d], c)
+        notes: list[str] = []
+        if n_inspected == len(labels):
+            suspected = decide_classes(ratios)
+            flagged = isolated & np.isin(labels, suspected)
+            stats = [{"class": cls, "n_samples": int((labels == cls).sum()),
+                      "n_isolated": int((isolated & (labels == cls)).sum())} for cls in range(c)]
+        else:
+            z, canary_z = class_robust_z(log_loss[d], labels[d], log_loss[k], labels[k], c, ~isolated[d], ~isolated[k])
+            z[~isolated[d]], canary_z[~isolated[k]] = np.inf, np.inf
+            flagged, suspected, stats, notes = canary_class_test(z, labels[d], canary_z, labels[k], c, self.alpha,
+                                                                 isolated[d], isolated[k], flag_fitted=True)
+        for entry, ratio in zip(stats, ratios, strict=True):
+            entry["likelihood_ratio"] = float(ratio)
+            entry["suspected"] = entry["class"] in suspected
+        notes.extend(share_notes(flagged, labels[d], suspected, data.classes))
+        return DetectionResult("ct", scores=label_prob[d], flagged=flagged, suspected_classes=suspected,
+                               class_stats=stats, notes=notes)
 
 
 def ct(data: ImageDataset, reserve: ImageDataset, *, schedule: str | CTSchedule = "fast",
        arch: str = "auto", device: str | torch.device = "auto", seed: int = 0,
-       progress: Progress | None = None) -> DetectionResult:
+       progress: Progress | None = None, alpha: float = DEFAULT_ALPHA) -> DetectionResult:
     """Run Confusion Training on ``data`` with the trusted ``reserve``; see :class:`ConfusionTraining`."""
-    return ConfusionTraining(schedule, arch, device, seed, progress).detect(data, reserve)
+    return ConfusionTraining(schedule, arch, device, seed, progress, alpha).detect(data, reserve)
 
 
 def with_overrides(schedule: CTSchedule, **changes) -> CTSchedule:

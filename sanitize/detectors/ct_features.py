@@ -30,7 +30,6 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
-from scipy.stats import beta, binom
 from torch import nn
 from torch.nn import functional as F
 
@@ -40,8 +39,10 @@ from ..errors import SanitizeError
 from ..features import FeatureDataset, check_feature_reserve
 from ..models import Classifier
 from ..progress import Progress, Silent
+from ..reserve_fit import fitted_reserve
 from ..result import DetectionResult
-from .ct import distill, split_holdout
+from .canaries import DEFAULT_ALPHA, canary_class_test, check_alpha, class_robust_z, share_notes
+from .ct import distill, split_canaries
 
 
 @dataclass(frozen=True)
@@ -68,7 +69,7 @@ class FeatureCTSchedule:
     reserve_passes: float | None = None  # fast: confusion steps = passes over the reserve (capped)
     min_confusion_steps: int = 0
     min_pretrain_steps: int = 0
-    holdout_fraction: float = 0.2
+    canary_fraction: float = 0.2  # reserve share trained like D under true labels (the class test's null)
 
     def steps(self, spec: FeatureRound, reserve_size: int) -> int:
         if self.reserve_passes is None:
@@ -108,8 +109,6 @@ FAST = FeatureCTSchedule(
 
 SCHEDULES = {s.name: s for s in (FAST, REFERENCE)}
 REFERENCE_BUDGET = 1 / 25  # the reference flags this fraction, always
-SIGNIFICANCE = 1e-3  # a class is suspected when its candidate count is this unlikely for clean rows
-RATE_CONFIDENCE = 0.9  # the clean pass rate is taken at this upper confidence bound
 
 
 def get_feature_schedule(name: str) -> FeatureCTSchedule:
@@ -233,45 +232,6 @@ def confusion_train(model: Classifier, inspect: list[tuple[torch.Tensor, torch.T
         advance()
 
 
-def data_driven_cut(losses: np.ndarray, labels: np.ndarray, canary_losses: np.ndarray, canary_labels: np.ndarray,
-                    num_classes: int, significance: float = SIGNIFICANCE) -> tuple[np.ndarray, list[int], list[dict]]:
-    """Flags, suspected classes and per-class evidence from the last confused model's losses.
-
-    Per class c with m canaries (clean reserve rows trained like the distilled rows): threshold
-    t_c = their lowest loss; a row of class c is a candidate when its loss is below t_c. For a
-    clean trained row exchangeable with the canaries, the chance q of falling below the minimum
-    of m is Beta(1, m) distributed (mean 1/(m+1)); untrained clean rows pass even less often.
-    The clean pass rate is taken at the ``RATE_CONFIDENCE`` upper bound of that Beta, and class c
-    is suspected when its candidate count has a binomial tail below ``significance`` at that
-    rate; only suspected classes have their candidates flagged. (The exact beta-binomial test
-    needs about 7/m excess, i.e. hundreds of canaries per class to see 1 % poison; the bound is
-    the compromise, measured in docs/ember.md.)
-    """
-    flagged = np.zeros(len(losses), dtype=bool)
-    suspected, stats = [], []
-    for c in range(num_classes):
-        members = labels == c
-        canaries = canary_losses[canary_labels == c]
-        n_c, m = int(members.sum()), len(canaries)
-        if m == 0 or n_c == 0:
-            stats.append({"class": c, "n_samples": n_c, "n_canaries": m, "n_below_threshold": 0, "threshold": None,
-                          "expected_clean_passes": None, "p_value": 1.0, "suspected": False})
-            continue
-        threshold = float(canaries.min())
-        passing = members & (losses < threshold)
-        k = int(passing.sum())
-        rate = float(beta.ppf(RATE_CONFIDENCE, 1, m))
-        p_value = float(binom.sf(k - 1, n_c, rate)) if k else 1.0
-        is_suspect = p_value < significance
-        if is_suspect:
-            suspected.append(c)
-            flagged |= passing
-        stats.append({"class": c, "n_samples": n_c, "n_canaries": m, "n_below_threshold": k, "threshold": threshold,
-                      "clean_pass_rate": rate, "expected_clean_passes": rate * n_c, "p_value": p_value,
-                      "suspected": is_suspect})
-    return flagged, suspected, stats
-
-
 @dataclass
 class FeatureConfusionTraining:
     """Confusion Training on a :class:`FeatureDataset` (binary labels, e.g. EMBER)."""
@@ -281,7 +241,9 @@ class FeatureConfusionTraining:
     device: str | torch.device = "auto"
     seed: int = 0
     progress: Progress | None = None
-    cut: str = "data"  # "data" (ours) or "budget" (the reference's lowest 4 %)
+    cut: str = "data"  # "data" (ours: the canary class test) or "budget" (the reference's lowest 4 %)
+    alpha: float = DEFAULT_ALPHA
+    reserve_check: bool = True  # refuse a reserve that does not fit the data (sanitize.reserve_fit)
 
     def detect(self, data: FeatureDataset, reserve: FeatureDataset) -> DetectionResult:
         device = resolve_device(self.device)
@@ -293,6 +255,7 @@ class FeatureConfusionTraining:
             raise SanitizeError(f"CT on feature data needs binary labels (0/1), found {data.num_classes} classes")
         if self.cut not in ("data", "budget"):
             raise SanitizeError(f"unknown cut {self.cut!r}: expected data or budget")
+        check_alpha(self.alpha)
         check_feature_reserve(reserve, data)
         labelled_np = data.labelled_indices()
         if len(labelled_np) < 20 or (np.bincount(data.labels.cpu().numpy()[labelled_np], minlength=2) < 2).any():
@@ -304,20 +267,22 @@ class FeatureConfusionTraining:
             data = data.to(device)
             reserve = reserve.to(device)
             prep = Standardise.fit(data)
-        reserve, holdout = split_holdout(reserve, schedule.holdout_fraction, gen)
-        if holdout is None:
-            raise SanitizeError("reserve too small to hold out clean rows for the cut: need at least 4 per class")
-        labelled = torch.from_numpy(labelled_np).to(device)
-        labels = data.labels
-        subset = labelled
-        n = len(labelled)
+        fit = None
+        if self.reserve_check:
+            with timer("reserve check"):
+                reserve, fit = fitted_reserve(data, reserve, "rows")
+        reserve, canaries = split_canaries(reserve, schedule.canary_fraction, gen)
+        if canaries is None:
+            raise SanitizeError("reserve too small to set canaries aside for the class test: need at least 4 rows "
+                                "of each class")
+        pool = RowPool(data, torch.from_numpy(labelled_np).to(device), canaries)
+        subset = torch.arange(len(pool), device=device)
         last = len(schedule.rounds) - 1
         model = None
         all_reserve = torch.arange(len(reserve), device=reserve.device)
-        canaries = (holdout.X, torch.arange(len(holdout), device=holdout.device), holdout.labels.float())
         for r, spec in enumerate(schedule.rounds):
             model = ember_mlp(data.dim).to(device)
-            inspect = [(data.X, subset, labels[subset].float())] + ([canaries] if r == last else [])
+            inspect = pool.parts(subset)
             parts = inspect + ([(reserve.X, all_reserve, 1.0 - reserve.labels.float())] if spec.with_reserve else [])
             steps_per_epoch = max(1, sum(len(p[1]) for p in parts) // schedule.pretrain_batch)
             epochs = max(spec.pretrain_epochs, math.ceil(schedule.min_pretrain_steps / steps_per_epoch))
@@ -329,56 +294,90 @@ class FeatureConfusionTraining:
             if r == last:
                 break
             with timer(f"round {r} distill"):
-                losses, _ = row_losses(model, data.X, labels[labelled], labelled, prep)
-                keep = distill(losses, labels[labelled], 2, spec.keep_ratio, None)
-                subset = labelled[keep]
+                losses, _ = pool.losses(model, prep)
+                subset = distill(losses, pool.labels, 2, spec.keep_ratio, None)
         with timer("detect"), progress.phase("detect", 1) as adv:
-            result = self._decide(model, data, labelled, holdout, prep, n)
+            result = self._decide(model, data, pool, prep)
             adv()
         result.timings = timer.timings
         result.seed = self.seed
         result.device = describe(device)
         result.settings = {"schedule": schedule.name, "arch": "ember_mlp", "cut": self.cut,
                            "rounds": [asdict(s) for s in schedule.rounds], "batch_size": schedule.batch_size,
-                           "lambda": schedule.lam, "significance": SIGNIFICANCE, "rate_confidence": RATE_CONFIDENCE,
-                           "holdout_rows": len(holdout), "standardisation": "(x - mean) / (std + 0.1)",
-                           "precision": "float32"}
+                           "lambda": schedule.lam, "alpha": self.alpha, "canaries": len(canaries),
+                           "standardisation": "(x - mean) / (std + 0.1)", "precision": "float32",
+                           **({"reserve_check": fit.as_dict()} if fit else {})}
+        result.notes[:0] = fit.notes if fit else []
         return result
 
-    def _decide(self, model: Classifier, data: FeatureDataset, labelled: torch.Tensor, holdout: FeatureDataset,
-                prep: Standardise, n: int) -> DetectionResult:
-        y = data.labels[labelled]
-        losses, logits = row_losses(model, data.X, y, labelled, prep)
-        held_idx = torch.arange(len(holdout), device=holdout.device)
-        held_losses, _ = row_losses(model, holdout.X, holdout.labels, held_idx, prep)
-        losses_np, y_np = losses.cpu().numpy(), y.cpu().numpy()
+    def _decide(self, model: Classifier, data: FeatureDataset, pool: RowPool, prep: Standardise) -> DetectionResult:
+        losses_t, logits = pool.losses(model, prep)
+        y = pool.labels
+        own_prob = torch.sigmoid(torch.where(y == 1, logits, -logits)).cpu().numpy()
+        losses, labels = losses_t.cpu().numpy(), y.cpu().numpy()
+        n = pool.n_inspected
+        d, k = slice(0, n), slice(n, None)
+        notes: list[str] = []
         if self.cut == "budget":
-            order = np.argsort(losses_np, kind="stable")[: int(n * REFERENCE_BUDGET)]
+            order = np.argsort(losses[d], kind="stable")[: int(n * REFERENCE_BUDGET)]
             flagged_l = np.zeros(n, dtype=bool)
             flagged_l[order] = True
-            suspected = sorted({int(c) for c in y_np[flagged_l]})
-            stats = [{"class": c, "n_samples": int((y_np == c).sum()),
-                      "n_flagged": int((flagged_l & (y_np == c)).sum()), "suspected": c in suspected}
+            suspected = sorted({int(c) for c in labels[d][flagged_l]})
+            stats = [{"class": c, "n_samples": int((labels[d] == c).sum()),
+                      "n_flagged": int((flagged_l & (labels[d] == c)).sum()), "suspected": c in suspected}
                      for c in range(data.num_classes)]
         else:
-            flagged_l, suspected, stats = data_driven_cut(losses_np, y_np, held_losses.cpu().numpy(),
-                                                          holdout.labels.cpu().numpy(), data.num_classes)
+            fitted = own_prob > 0.5
+            log_loss = np.log(np.maximum(losses, 1e-30))
+            z, canary_z = class_robust_z(log_loss[d], labels[d], log_loss[k], labels[k], data.num_classes,
+                                         ~fitted[d], ~fitted[k])
+            z[~fitted[d]], canary_z[~fitted[k]] = np.inf, np.inf
+            flagged_l, suspected, stats, notes = canary_class_test(z, labels[d], canary_z, labels[k], data.num_classes,
+                                                                   self.alpha, fitted[d], fitted[k])
+            notes.extend(share_notes(flagged_l, labels[d], suspected, [str(c) for c in range(data.num_classes)]))
         # score: probability the confused model gives the row's own label (higher = more suspicious)
-        own_prob = torch.sigmoid(torch.where(y == 1, logits, -logits)).cpu().numpy()
         scores = np.zeros(len(data))
         flagged = np.zeros(len(data), dtype=bool)
-        idx = labelled.cpu().numpy()
-        scores[idx] = own_prob
+        idx = pool.labelled.cpu().numpy()
+        scores[idx] = own_prob[d]
         flagged[idx] = flagged_l
-        notes = []
         if data.n_unlabelled:
             notes.append(f"{data.n_unlabelled} unlabelled row(s) not inspected (score 0, never flagged)")
         return DetectionResult("ct", scores=scores, flagged=flagged, suspected_classes=suspected,
                                class_stats=stats, notes=notes)
 
 
+class RowPool:
+    """The rows CT trains and distils: the labelled rows of D, then the canaries (reserve rows under
+    their true labels), addressed as one index range without copying either matrix."""
+
+    def __init__(self, data: FeatureDataset, labelled: torch.Tensor, canaries: FeatureDataset):
+        self.data, self.labelled, self.canaries = data, labelled, canaries
+        self.n_inspected = len(labelled)
+        self.labels = torch.cat([data.labels[labelled], canaries.labels.to(labelled.device)])
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def parts(self, subset: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """(X, row index, target) parts for the pool rows ``subset``."""
+        d = subset[subset < self.n_inspected]
+        k = subset[subset >= self.n_inspected] - self.n_inspected
+        parts = [(self.data.X, self.labelled[d], self.labels[d].float())]
+        if len(k):
+            parts.append((self.canaries.X, k.to(self.canaries.device), self.labels[k + self.n_inspected].float()))
+        return parts
+
+    def losses(self, model: Classifier, prep: Standardise) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-row BCE and logit of every pool row (eval mode, float32)."""
+        d_loss, d_logit = row_losses(model, self.data.X, self.labels[:self.n_inspected], self.labelled, prep)
+        k_idx = torch.arange(len(self.canaries), device=self.canaries.device)
+        k_loss, k_logit = row_losses(model, self.canaries.X, self.canaries.labels, k_idx, prep)
+        return torch.cat([d_loss, k_loss.to(d_loss.device)]), torch.cat([d_logit, k_logit.to(d_logit.device)])
+
+
 def ct_features(data: FeatureDataset, reserve: FeatureDataset, *, schedule: str | FeatureCTSchedule = "fast",
                 device: str | torch.device = "auto", seed: int = 0, progress: Progress | None = None,
-                cut: str = "data") -> DetectionResult:
+                cut: str = "data", alpha: float = DEFAULT_ALPHA) -> DetectionResult:
     """Run Confusion Training on feature rows; see :class:`FeatureConfusionTraining`."""
-    return FeatureConfusionTraining(schedule, "auto", device, seed, progress, cut).detect(data, reserve)
+    return FeatureConfusionTraining(schedule, "auto", device, seed, progress, cut, alpha).detect(data, reserve)

@@ -27,7 +27,7 @@ import torch
 
 from ..data import ImageDataset
 from ..devices import seed_everything
-from ..engine import autocast
+from ..engine import full_precision
 from ..errors import SanitizeError
 from ..model_cache import TrainedModel
 from ..result import DetectionResult
@@ -64,7 +64,7 @@ def strip_entropy(trained: TrainedModel, images: torch.Tensor, pool: torch.Tenso
             own = torch.arange(start, stop)[:, None]
             draw = draw + (draw >= own).long()
         mixed = superimpose(images[start:stop], pool[draw.to(device)], mode)
-        with autocast(device):
+        with full_precision(device):
             logits = model(prep(mixed)).float()
         logp = torch.log_softmax(logits, dim=1)
         entropy = -(logp.exp() * logp).sum(dim=1).view(stop - start, perturbations).mean(dim=1)

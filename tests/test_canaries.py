@@ -1,0 +1,107 @@
+"""The calibrated class test shared by CT and ASSET (sanitize.detectors.canaries)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from sanitize.detectors.canaries import (
+    below_lowest_canary_p,
+    canary_class_test,
+    check_alpha,
+    class_robust_z,
+    detectable_count,
+    share_notes,
+)
+from sanitize.errors import SanitizeError
+
+
+def test_tail_probability_is_exact_for_exchangeable_samples() -> None:
+    n, m = 40, 15
+    assert below_lowest_canary_p(n, 1, m) == pytest.approx(n / (n + m))
+    assert below_lowest_canary_p(n, 0, m) == 1.0
+    rng = np.random.default_rng(0)
+    draws = rng.random((40000, n + m))
+    below = (draws[:, :n] < draws[:, n:].min(axis=1, keepdims=True)).sum(axis=1)
+    for k in (1, 2, 4, 6):
+        empirical = (below >= k).mean()
+        assert empirical == pytest.approx(below_lowest_canary_p(n, k, m), abs=4 * np.sqrt(empirical / 40000) + 1e-3)
+
+
+def test_detectable_count_is_the_first_significant_count() -> None:
+    k = detectable_count(500, 200, 1e-4)
+    assert below_lowest_canary_p(500, k, 200) < 1e-4 <= below_lowest_canary_p(500, k - 1, 200)
+    assert detectable_count(10, 2, 1e-4) == 11  # two canaries can never make ten samples significant
+
+
+def clean_run(rng: np.random.Generator, classes: int = 3, n: int = 300, m: int = 30, shift: bool = True):
+    """Exchangeable log-scores per class, each class at its own location and scale."""
+    labels, canary_labels = np.repeat(np.arange(classes), n), np.repeat(np.arange(classes), m)
+    loc, scale = (rng.normal(0, 3, classes), rng.uniform(0.5, 2, classes)) if shift else (np.zeros(3), np.ones(3))
+    scores = rng.normal(loc[labels], scale[labels])
+    canary_scores = rng.normal(loc[canary_labels], scale[canary_labels])
+    return scores, labels, canary_scores, canary_labels
+
+
+def test_false_alarm_rate_holds_the_stated_level_on_clean_classes() -> None:
+    alpha, runs, alarms = 0.05, 400, 0
+    for seed in range(runs):
+        scores, labels, canary_scores, canary_labels = clean_run(np.random.default_rng(seed))
+        z, cz = class_robust_z(scores, labels, canary_scores, canary_labels, 3)
+        _, suspected, _, _ = canary_class_test(z, labels, cz, canary_labels, 3, alpha)
+        alarms += bool(suspected)
+    assert alarms / runs <= alpha + 3 * np.sqrt(alpha / runs)  # family-wise, Bonferroni over the classes
+
+
+def test_a_small_well_fitted_cluster_is_found_and_only_it_is_flagged() -> None:
+    scores, labels, canary_scores, canary_labels = clean_run(np.random.default_rng(1), m=100)
+    poison = np.flatnonzero(labels == 2)[:15]  # 5 % of class 2, fitted far better than any clean sample
+    scores[poison] = scores[labels == 2].min() - 10
+    z, cz = class_robust_z(scores, labels, canary_scores, canary_labels, 3)
+    flagged, suspected, stats, notes = canary_class_test(z, labels, cz, canary_labels, 3, 1e-3)
+    assert suspected == [2] and set(np.flatnonzero(flagged)) >= set(poison)
+    assert flagged.sum() <= len(poison) + 3 and stats[2]["p_value"] < 1e-4 and not notes
+    assert stats[2]["n_below_cut"] >= len(poison) >= stats[2]["detectable_count"]
+
+
+def test_a_class_whose_canaries_stay_fitted_is_not_inspectable() -> None:
+    scores, labels, canary_scores, canary_labels = clean_run(np.random.default_rng(2))
+    scores[labels == 1] -= 20  # the whole class stays fitted: confusion did not erase it
+    fitted, canary_fitted = labels == 1, canary_labels == 1
+    z, cz = class_robust_z(np.where(fitted, scores, np.inf), labels, np.where(canary_fitted, canary_scores, np.inf),
+                           canary_labels, 3)
+    flagged, suspected, stats, notes = canary_class_test(z, labels, cz, canary_labels, 3, 1e-3, fitted,
+                                                         canary_fitted, flag_fitted=True)
+    assert suspected == [] and not flagged.any()
+    assert stats[1]["inspectable"] is False and stats[1]["n_canaries_fitted"] == 30
+    assert len(notes) == 1 and "not inspectable" in notes[0]
+
+
+def test_flag_fitted_takes_every_fitted_sample_of_a_suspected_class() -> None:
+    scores, labels, canary_scores, canary_labels = clean_run(np.random.default_rng(3))
+    poison = np.flatnonzero(labels == 0)[:30]
+    scores[poison] = -50
+    fitted = np.zeros(len(labels), dtype=bool)
+    fitted[poison] = True
+    fitted[np.flatnonzero(labels == 0)[30:33]] = True  # three clean samples of the target stay fitted too
+    z, cz = class_robust_z(np.where(fitted, scores, np.inf), labels, np.full(len(canary_scores), np.inf),
+                           canary_labels, 3)
+    flagged, suspected, _, _ = canary_class_test(z, labels, cz, canary_labels, 3, 1e-3, fitted,
+                                                 np.zeros(len(canary_labels), dtype=bool), flag_fitted=True)
+    assert suspected == [0] and flagged.sum() == 33
+
+
+def test_alpha_must_be_a_probability() -> None:
+    for bad in (0.0, 1.0, -0.1, float("nan")):
+        with pytest.raises(SanitizeError, match="alpha"):
+            check_alpha(bad)
+    check_alpha(1e-3)
+
+
+def test_implausible_shares_are_said_in_one_line() -> None:
+    labels = np.repeat([0, 1], 10)
+    flagged = np.zeros(20, dtype=bool)
+    flagged[:8] = True
+    notes = share_notes(flagged, labels, [0], ["cat", "dog"])
+    assert len(notes) == 1 and notes[0].startswith("class cat: 8 of 10") and "reserve" in notes[0]
+    assert share_notes(flagged, labels, [1], ["cat", "dog"]) == []
