@@ -71,24 +71,10 @@ def test_a_class_whose_canaries_stay_fitted_is_not_inspectable() -> None:
     z, cz = class_robust_z(np.where(fitted, scores, np.inf), labels, np.where(canary_fitted, canary_scores, np.inf),
                            canary_labels, 3)
     flagged, suspected, stats, notes = canary_class_test(z, labels, cz, canary_labels, 3, 1e-3, fitted,
-                                                         canary_fitted, flag_fitted=True)
+                                                         canary_fitted)
     assert suspected == [] and not flagged.any()
     assert stats[1]["inspectable"] is False and stats[1]["n_canaries_fitted"] == 30
     assert len(notes) == 1 and "not inspectable" in notes[0]
-
-
-def test_flag_fitted_takes_every_fitted_sample_of_a_suspected_class() -> None:
-    scores, labels, canary_scores, canary_labels = clean_run(np.random.default_rng(3))
-    poison = np.flatnonzero(labels == 0)[:30]
-    scores[poison] = -50
-    fitted = np.zeros(len(labels), dtype=bool)
-    fitted[poison] = True
-    fitted[np.flatnonzero(labels == 0)[30:33]] = True  # three clean samples of the target stay fitted too
-    z, cz = class_robust_z(np.where(fitted, scores, np.inf), labels, np.full(len(canary_scores), np.inf),
-                           canary_labels, 3)
-    flagged, suspected, _, _ = canary_class_test(z, labels, cz, canary_labels, 3, 1e-3, fitted,
-                                                 np.zeros(len(canary_labels), dtype=bool), flag_fitted=True)
-    assert suspected == [0] and flagged.sum() == 33
 
 
 def test_alpha_must_be_a_probability() -> None:

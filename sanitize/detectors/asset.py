@@ -74,7 +74,7 @@ from ..models import Classifier, build_model, default_arch
 from ..progress import Progress, Silent
 from ..reserve_fit import fitted_reserve
 from ..result import DetectionResult
-from .canaries import DEFAULT_ALPHA, below_lowest_canary_p, check_alpha
+from .canaries import DEFAULT_ALPHA, below_lowest_canary_p, check_alpha, share_notes
 from .ct_features import Standardise, ember_mlp
 
 ModelFactory = Callable[[], nn.Module]
@@ -1192,7 +1192,15 @@ class ASSET:
             p_values, suspected = None, suspected_from_flags(flagged, labels, c)
         sizes = np.bincount(labels, minlength=c)
         n_flag = np.bincount(labels[flagged], minlength=c)
-        stats = [{"class": k, "n_samples": int(sizes[k]), "n_flagged": int(n_flag[k]),
+        notes = []
+        if p_values is not None:  # a class the test clears keeps its samples: they are what clean data shows
+            cleared = flagged & ~np.isin(labels, suspected)
+            if cleared.any():
+                notes.append(f"{int(cleared.sum())} sample(s) above the cut in classes the canary test clears "
+                             f"were kept (as many as clean data gives by chance)")
+            flagged = flagged & ~cleared
+        notes.extend(share_notes(flagged, labels, suspected, [str(k) for k in range(c)]))
+        stats = [{"class": k, "n_samples": int(sizes[k]), "n_above_cut": int(n_flag[k]),
                   "median_loss": float(np.median(losses[labels == k])) if sizes[k] else None,
                   "median_log_loss": float(class_shift[k]),
                   "suspected": k in suspected} for k in range(c)]
@@ -1204,7 +1212,7 @@ class ASSET:
         scores[inp.inspected] = losses
         all_flags[inp.inspected] = flagged
         return DetectionResult("asset", scores=scores, flagged=all_flags, suspected_classes=suspected,
-                               class_stats=stats)
+                               class_stats=stats, notes=notes)
 
 
 def _schedule_settings(schedule: AssetSchedule) -> dict[str, Any]:

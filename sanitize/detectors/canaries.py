@@ -94,16 +94,18 @@ def detectable_count(n: int, m: int, level: float) -> int:
 def canary_class_test(scores: np.ndarray, labels: np.ndarray, canary_scores: np.ndarray, canary_labels: np.ndarray,
                       num_classes: int, alpha: float = DEFAULT_ALPHA,
                       fitted: np.ndarray | None = None, canary_fitted: np.ndarray | None = None,
-                      flag_fitted: bool = False) -> tuple[np.ndarray, list[int], list[dict], list[str]]:
+                      class_names: list[str] | None = None
+                      ) -> tuple[np.ndarray, list[int], list[dict], list[str]]:
     """Flags, suspected classes, per-class evidence and notes (see the module docstring).
 
     ``scores``/``canary_scores``: lower is more suspicious, already comparable across classes
     (:func:`class_robust_z`), infinite for samples that cannot be flagged. ``fitted`` /
     ``canary_fitted`` (optional): whether the model still predicts each sample's label after
     confusion; a class with at least :data:`RESISTANT_SHARE` of its canaries fitted is not
-    inspectable. A suspected class loses its samples below the cut, or with ``flag_fitted``
-    all its fitted samples (the CT paper's rule: the test picks the class, confusion the samples).
+    inspectable. A suspected class loses its samples below the cut. ``class_names`` name the
+    classes in notes (default: their indices).
     """
+    names = class_names or [str(c) for c in range(num_classes)]
     m_total = len(canary_scores)
     cut = float(canary_scores.min()) if len(canary_scores) else -np.inf
     tested = [c for c in range(num_classes) if (labels == c).any()]
@@ -126,17 +128,14 @@ def canary_class_test(scores: np.ndarray, labels: np.ndarray, canary_scores: np.
             entry["inspectable"] = not (m_c and j >= 2 and j >= RESISTANT_SHARE * m_c)
         else:
             entry["inspectable"] = True
-        if m_c == 0 and n:
-            notes.append(f"class {c}: the reserve has no images of it, so its clean behaviour is measured only "
-                         f"through the other classes' canaries")
         is_suspect = bool(n and p_value < level and entry["inspectable"])
         if not entry["inspectable"] and p_value < level:
-            notes.append(f"class {c}: not inspectable: {entry['n_canaries_fitted']} of its {m_c} clean canaries "
+            notes.append(f"class {names[c]}: not inspectable: {entry['n_canaries_fitted']} of its {m_c} clean canaries "
                          f"stayed fitted after confusion, so its {k} well-fitted samples are not evidence of poison")
         entry["suspected"] = is_suspect
         if is_suspect:
             suspected.append(c)
-            flagged |= (mine & fitted) if flag_fitted and fitted is not None else below
+            flagged |= below
         stats.append(entry)
     return flagged, suspected, stats, notes
 

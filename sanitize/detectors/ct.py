@@ -3,25 +3,26 @@
 Idea: train on the inspected set D while fitting a small trusted reserve R under deliberately
 wrong ("confusion") labels with a large weight. Normal features lose their link to the labels;
 the trigger -> target shortcut of poison samples is a different feature and survives, so after
-confusion only poison samples are still predicted as their label. Rounds of *poison
-distillation* retrain on the lowest-loss part of D, each round richer in poison. A per-class
-two-Gaussian likelihood-ratio test on the last confused model's features picks the target
-class(es); their still-fitted ("isolated") samples are flagged.
+confusion only poison samples are still predicted as their label ("isolated"). Rounds of
+*poison distillation* retrain on the lowest-loss part of D, each round richer in poison. A
+per-class decision picks the target class(es); their isolated samples are flagged.
 
-Two schedules:
+Schedules:
 
-* ``reference`` — the paper's settings for CIFAR-10 (batch 32, 100/100/40/40/40/40 pretraining
-  epochs, 6000/2000 confusion steps, a separately trained base model for confusion labels).
-* ``fast`` (default) — our schedule: larger batches, fewer epochs/steps scaled to the data,
-  bf16 on CUDA, and confusion labels from the round-0 model instead of a separate base model.
-  Its TPR/FPR against ``reference`` are measured in ``docs/benchmarks.md``.
+* ``reference`` — the official code's CIFAR-10 configuration (batch 32, 100/100/40/40/40/40
+  pretraining epochs, 6000/2000 confusion steps, batch factor 2, a separately trained base model
+  for confusion labels) and the paper's decision rule (a two-Gaussian likelihood ratio on the
+  last confused model's features). ``reference-gtsrb`` — its GTSRB configuration.
+* ``fast`` (default) — ours: larger batches, fewer epochs/steps scaled to the data, bf16
+  training on CUDA, confusion labels from the round-0 model instead of a separate base model,
+  and half the reserve as *canaries* for a calibrated class test
+  (:mod:`sanitize.detectors.canaries`) at a stated false-alarm level.
 
 Deviations from the reference code, each documented in ``docs/ct.md``: seeded; distillation
 top-up adds each class's lowest-loss samples without duplicates (the reference can append the
 same index twice); the two-Gaussian test uses sklearn's Gaussian fit with a diagonal 1e-3
-regulariser; the ``fast`` schedule's decision rule adds a consistency check (see
-:func:`decide_classes`) so clean datasets are not flagged, and its class test also reads the last
-round's pretrained model (see :meth:`ConfusionTraining._decide`).
+regulariser; every read (distillation losses, features, scores) is float32; the reserve is
+checked against the data before training (:mod:`sanitize.reserve_fit`).
 """
 
 from __future__ import annotations
@@ -414,7 +415,7 @@ class ConfusionTraining:
         decides on it and flags the isolated samples of the chosen classes. With canaries the
         calibrated test of :mod:`sanitize.detectors.canaries` decides: scores are the log-losses
         of isolated samples, standardised within each class by the samples confusion erased
-        (not isolated: never below the cut); a suspected class loses its isolated samples.
+        (not isolated: never below the cut); a suspected class loses its samples below the cut.
         """
         logits, feats = infer(model, data.images, prep, features=True)
         labels = data.labels.cpu().numpy()
@@ -434,7 +435,7 @@ class ConfusionTraining:
             z, canary_z = class_robust_z(log_loss[d], labels[d], log_loss[k], labels[k], c, ~isolated[d], ~isolated[k])
             z[~isolated[d]], canary_z[~isolated[k]] = np.inf, np.inf
             flagged, suspected, stats, notes = canary_class_test(z, labels[d], canary_z, labels[k], c, self.alpha,
-                                                                 isolated[d], isolated[k], flag_fitted=True)
+                                                                 isolated[d], isolated[k], class_names=data.classes)
         for entry, ratio in zip(stats, ratios, strict=True):
             entry["likelihood_ratio"] = float(ratio)
             entry["suspected"] = entry["class"] in suspected

@@ -9,14 +9,12 @@ link to the labels; rows that stay fitted carry a different shortcut -- the back
 and distillation keeps the 1/5, 1/20, 1/40, 1/80 lowest-loss rows for the next round.
 
 **The cut.** The reference removes the lowest-loss 4 % of rows whatever the data. Here a fifth
-of the reserve is held out as *canaries*: clean rows that join the distilled rows, under their
-true labels, in the last round's training. They are fitted exactly as clean rows that slipped
-through distillation are, so their lowest loss after confusion bounds how well a clean trained
-row is fitted by chance. Rows fitted better than every canary of their class are candidates,
-and a class is suspected only when it has more candidates than clean rows could produce
-(a binomial tail at an upper bound of the canaries' pass rate, see :func:`data_driven_cut`);
-only suspected classes lose their candidates. A clean set flags nothing, a 1 % attack flags
-about 1 %, and a 10 % attack is not cut off at 4 %. The rule and its measured effect are in ``docs/ember.md``.
+of the reserve becomes *canaries*: reserve rows placed among the inspected rows under their
+true labels from the first round, pretrained, distilled and confused like them, never flagged.
+The class test shared with image CT and ASSET (:mod:`sanitize.detectors.canaries`) compares
+each class's fitted rows with the canaries' at a stated false-alarm level (``alpha``), and
+only a suspected class loses its rows below the canaries' cut. A clean set flags nothing, and a
+10 % attack is not cut off at 4 %. The rule and its measured effect are in ``docs/ember.md``.
 
 Two schedules: ``reference`` (the paper's epochs, 6000/4000 confusion steps at batch 64) and
 ``fast`` (default): the same rounds with confusion steps set by passes over the reserve and
@@ -333,8 +331,9 @@ class FeatureConfusionTraining:
                                          ~fitted[d], ~fitted[k])
             z[~fitted[d]], canary_z[~fitted[k]] = np.inf, np.inf
             flagged_l, suspected, stats, notes = canary_class_test(z, labels[d], canary_z, labels[k], data.num_classes,
-                                                                   self.alpha, fitted[d], fitted[k])
-            notes.extend(share_notes(flagged_l, labels[d], suspected, [str(c) for c in range(data.num_classes)]))
+                                                                   self.alpha, fitted[d], fitted[k],
+                                                                   class_names=data.classes)
+            notes.extend(share_notes(flagged_l, labels[d], suspected, data.classes))
         # score: probability the confused model gives the row's own label (higher = more suspicious)
         scores = np.zeros(len(data))
         flagged = np.zeros(len(data), dtype=bool)
