@@ -12,7 +12,8 @@ Data sets:
   digits   scikit-learn's 1,797 8x8 digits (about 180 per class; the reserve is drawn from them)
   cifar10  the first ``--limit`` CIFAR-10 training images; reserve from the official test split
   gtsrb    the first ``--limit`` GTSRB training images (43 classes); reserve from its test split
-  ember    generated EMBER-format rows (sanitize.ember_synth): ``--limit`` rows, separate reserve
+  ember    generated EMBER-format rows (sanitize.ember_synth): ``--limit`` rows, separate reserve;
+           ``--attack ember-explanation [--constrained]`` stamps the clean-label feature trigger
 
     python benchmarks/false_alarms.py --datasets digits --reserve-per-class 10 20 50 --seeds 0 1 2 3 4 \\
         --detectors ct asset --json fa-digits.jsonl
@@ -34,6 +35,7 @@ from common import DEFAULT_DATA_DIR, load_module, pick_device, timed_detection, 
 
 from sanitize import asset, ct, examples, from_arrays
 from sanitize.attacks import ATTACKS
+from sanitize.attacks.ember_explanation import ember_explanation
 from sanitize.errors import SanitizeError
 
 DETECTORS = {"ct": ct, "asset": asset}
@@ -80,15 +82,26 @@ def ember_sets(per_class: int, seed: int, args):
     return data, pool.subset(draw_reserve(pool.labels.numpy(), per_class, seed))
 
 
+def attack_name(args) -> str:
+    """How a run's attack is recorded: ``clean``, the attack's name, ``... constrained``."""
+    if not args.attack:
+        return "clean"
+    return f"{args.attack} constrained" if args.constrained else args.attack
+
+
 def one_run(name: str, detector: str, per_class: int, seed: int, args) -> dict:
     data, reserve = ember_sets(per_class, seed, args) if name == "ember" else image_sets(name, per_class, seed, args)
     truth = np.zeros(len(data), dtype=bool)
-    if args.attack:
+    if args.attack == "ember-explanation":
+        poisoned = ember_explanation(data, args.rate, seed=seed, constrained=args.constrained)
+        data, truth = poisoned.dataset, poisoned.is_poison
+    elif args.attack:
         poisoned = ATTACKS[args.attack](data, args.rate, target=0, seed=seed)
         data, truth = poisoned.dataset, poisoned.is_poison
     device, machine = pick_device(args.device)
+    attack = attack_name(args)
     run = {"dataset": name, "detector": detector, "reserve_per_class": per_class, "seed": seed,
-           "attack": args.attack or "clean", "rate": args.rate if args.attack else 0.0, "n": len(data),
+           "attack": attack, "rate": args.rate if args.attack else 0.0, "n": len(data),
            "machine": machine}
     try:
         result, seconds, tpr, fpr = timed_detection(DETECTORS[detector], truth, device, data, reserve, seed=seed)
@@ -124,7 +137,9 @@ def main() -> None:
     ap.add_argument("--detectors", nargs="+", default=["ct", "asset"], choices=sorted(DETECTORS))
     ap.add_argument("--reserve-per-class", type=int, nargs="+", default=[10, 20, 50])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
-    ap.add_argument("--attack", choices=sorted(ATTACKS), default=None, help="poison the inspected set (target 0)")
+    ap.add_argument("--attack", choices=[*sorted(ATTACKS), "ember-explanation"], default=None,
+                    help="poison the inspected set (images: target class 0; ember: the clean-label feature trigger)")
+    ap.add_argument("--constrained", action="store_true", help="ember-explanation: the 17 feasible features")
     ap.add_argument("--rate", type=float, default=0.05)
     ap.add_argument("--limit", type=int, default=2000, help="inspected images or rows (cifar10, gtsrb, ember)")
     ap.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
@@ -140,7 +155,7 @@ def main() -> None:
             for per_class in args.reserve_per_class:
                 for seed in args.seeds:
                     for det in args.detectors:
-                        key = (name, det, per_class, seed, args.attack or "clean", args.rate if args.attack else 0.0)
+                        key = (name, det, per_class, seed, attack_name(args), args.rate if args.attack else 0.0)
                         if key in seen:
                             continue
                         run = one_run(name, det, per_class, seed, args)

@@ -123,6 +123,9 @@ def test_reference_schedule_is_the_released_demo() -> None:
     assert (REFERENCE.selection, REFERENCE.canary_fraction) == ("ao", 0.0)
     assert (FAST.selection, FAST.canary_fraction, FAST.extractor_sees_reserve) == ("crossfit", 0.2, True)  # ours
     assert REFERENCE.offset_steps(50_000) == 97  # one pass in batches of 512
+    # the extractor: CT's official CIFAR-10 base model (the ASSET repository releases none)
+    assert (REFERENCE.base.epochs, REFERENCE.base.batch_size, REFERENCE.base.lr) == (100, 128, 0.1)
+    assert (REFERENCE.base.weight_decay, REFERENCE.base.milestones) == (1e-4, (0.5, 0.75))
 
 
 def test_demo_threshold_is_the_demos_get_t() -> None:
