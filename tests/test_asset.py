@@ -110,6 +110,11 @@ def test_registry_and_settings() -> None:
     with pytest.raises(SanitizeError, match="ao_cut"):  # fast selects by crossfit: the cut would do nothing
         ASSET(ao_cut=1.5).resolved_schedule()
     assert ASSET(selection="ao", ao_cut=1.5).resolved_schedule().ao_cut == 1.5
+    for bad in ({"threshold": "median"}, {"mlp_loss": "hinge"}, {"features": "logits"}, {"ao_sides": "lower"}):
+        with pytest.raises(SanitizeError, match=next(iter(bad))):
+            ASSET(schedule=with_overrides(FAST, **bad)).resolved_schedule()
+    with pytest.raises(SanitizeError, match="alpha"):
+        ASSET(alpha=0.0).resolved_schedule()
 
 
 def test_reference_schedule_is_the_released_demo() -> None:

@@ -1091,6 +1091,10 @@ class ASSET:
         check_alpha(self.alpha)
         if schedule.bn_mode not in ("reserve", "batch-frozen", "batch"):
             raise SanitizeError(f"bn_mode {schedule.bn_mode!r}: expected reserve, batch-frozen or batch")
+        for name, allowed in (("ao_sides", ("upper", "both")), ("mlp_loss", ("bce", "mse")),
+                              ("features", ("pooled", "map")), ("threshold", ("robust", "demo"))):
+            if getattr(schedule, name) not in allowed:
+                raise SanitizeError(f"{name} {getattr(schedule, name)!r}: expected one of {', '.join(allowed)}")
         if schedule.features == "map" and schedule.selection == "global":
             raise SanitizeError("the global selection needs features computed once (features='pooled')")
         return schedule
