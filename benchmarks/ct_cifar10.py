@@ -7,7 +7,7 @@ poisoned at each ``--rates`` value (target class 0); the trusted reserve is the 
 ``--reserve`` images of the official test split, as in the CT reference (a clean split held
 apart from training data).
 
-    python benchmarks/ct_cifar10.py --rates 0.01 0.003 --schedules fast
+    python benchmarks/ct_cifar10.py --rates 0.01 0.003 0 --schedules fast      # rate 0: the clean set
     python benchmarks/ct_cifar10.py --limit 10000 --schedules fast reference --json out.json
     python benchmarks/ct_cifar10.py --limit 3000 --reserve 1000 --rates 0.03 --device cpu --threads 1 --class-stats
 
@@ -25,28 +25,28 @@ from sanitize.attacks import badnet
 
 
 def print_class_stats(result, truth, labels) -> None:
-    """One line per class: the evidence behind the class decision, with the poison it isolated.
+    """One line per class: the evidence behind the class decision, with the poison it caught.
 
-    ``flagged poison`` counts ground-truth poison among the class's flagged samples; the
-    isolated samples of an unsuspected class are not flagged, so there it reads 0.
+    ``flagged poison`` counts ground-truth poison among the class's flagged samples; an
+    unsuspected class has none flagged. ``fast`` reports the canary test's evidence, ``reference``
+    the paper's statistic with its isolated count.
     """
     for stat in result.class_stats:
         members = labels == stat["class"]
-        pretrained, fit = stat.get("likelihood_ratio_pretrained"), stat["held_out_fit_rate"]
-        print(f"    class {stat['class']}: n {stat['n_samples']} poison {int(truth[members].sum())} "
-              f"isolated {stat['n_isolated']} flagged poison {int((result.flagged & truth)[members].sum())} "
-              f"ratio confused {stat['likelihood_ratio_confused']:.3g} "
-              f"pretrained {'-' if pretrained is None else f'{pretrained:.3g}'} "
-              f"held-out fit {'-' if fit is None else f'{fit:.3f}'} "
-              f"suspected {stat['suspected']}", flush=True)
+        evidence = (f"below cut {stat['n_below_cut']} (detectable {stat['detectable_count']}) p {stat['p_value']:.2g} "
+                    f"fitted {stat['n_fitted']} canaries {stat['n_canaries_fitted']}/{stat['n_canaries']} fitted"
+                    if "p_value" in stat else f"isolated {stat['n_isolated']}")
+        print(f"    class {stat['class']}: n {stat['n_samples']} poison {int(truth[members].sum())} {evidence} "
+              f"flagged poison {int((result.flagged & truth)[members].sum())} "
+              f"ratio {stat['likelihood_ratio']:.3g} suspected {stat['suspected']}", flush=True)
 
 
 def main() -> None:
     ap = detection_parser(__doc__, reserve=2000)
     ap.add_argument("--rates", type=float, nargs="+", default=[0.01, 0.003])
     ap.add_argument("--class-stats", action="store_true",
-                    help="also print each class's evidence: isolated samples (poison among them), the "
-                         "likelihood ratios, the held-out clean fit rate")
+                    help="also print each class's evidence: the canary test's counts and p-value (fast) or "
+                         "the isolated samples (reference), the poison among them, the paper's likelihood ratio")
     args = ap.parse_args()
     use_threads(args.threads)
 
