@@ -77,6 +77,25 @@ def test_a_class_whose_canaries_stay_fitted_is_not_inspectable() -> None:
     assert len(notes) == 1 and "not inspectable" in notes[0]
 
 
+def test_flag_fitted_takes_every_fitted_sample_of_a_suspected_class() -> None:
+    scores, labels, canary_scores, canary_labels = clean_run(np.random.default_rng(3), m=100)
+    poison = np.flatnonzero(labels == 0)[:30]
+    scores[poison] = -50
+    fitted = np.zeros(len(labels), dtype=bool)
+    fitted[poison] = True
+    fitted[np.flatnonzero(labels == 0)[30:33]] = True  # three clean samples of the target stay fitted too
+    z, cz = class_robust_z(np.where(fitted, scores, np.inf), labels, canary_scores, canary_labels, 3,
+                           ~fitted, np.ones(len(canary_labels), dtype=bool))
+    cz[:] = np.inf
+    cz[0] = -5.0  # one canary stays fitted, well enough to sit between the poison and the clean fitted ones
+    canary_fitted = np.isfinite(cz)
+    flagged, suspected, _, _ = canary_class_test(z, labels, cz, canary_labels, 3, 1e-3, fitted, canary_fitted,
+                                                 flag_fitted=True)
+    assert suspected == [0] and flagged.sum() == 33
+    below_only, _, _, _ = canary_class_test(z, labels, cz, canary_labels, 3, 1e-3, fitted, canary_fitted)
+    assert set(np.flatnonzero(below_only)) == set(poison)
+
+
 def test_alpha_must_be_a_probability() -> None:
     for bad in (0.0, 1.0, -0.1, float("nan")):
         with pytest.raises(SanitizeError, match="alpha"):

@@ -94,7 +94,7 @@ def detectable_count(n: int, m: int, level: float) -> int:
 def canary_class_test(scores: np.ndarray, labels: np.ndarray, canary_scores: np.ndarray, canary_labels: np.ndarray,
                       num_classes: int, alpha: float = DEFAULT_ALPHA,
                       fitted: np.ndarray | None = None, canary_fitted: np.ndarray | None = None,
-                      class_names: list[str] | None = None
+                      class_names: list[str] | None = None, flag_fitted: bool = False
                       ) -> tuple[np.ndarray, list[int], list[dict], list[str]]:
     """Flags, suspected classes, per-class evidence and notes (see the module docstring).
 
@@ -102,8 +102,9 @@ def canary_class_test(scores: np.ndarray, labels: np.ndarray, canary_scores: np.
     (:func:`class_robust_z`), infinite for samples that cannot be flagged. ``fitted`` /
     ``canary_fitted`` (optional): whether the model still predicts each sample's label after
     confusion; a class with at least :data:`RESISTANT_SHARE` of its canaries fitted is not
-    inspectable. A suspected class loses its samples below the cut. ``class_names`` name the
-    classes in notes (default: their indices).
+    inspectable. A suspected class loses its samples below the cut, or with ``flag_fitted``
+    every fitted sample (the CT paper's rule: the test picks the class, confusion the samples).
+    ``class_names`` name the classes in notes (default: their indices).
     """
     names = class_names or [str(c) for c in range(num_classes)]
     m_total = len(canary_scores)
@@ -135,7 +136,7 @@ def canary_class_test(scores: np.ndarray, labels: np.ndarray, canary_scores: np.
         entry["suspected"] = is_suspect
         if is_suspect:
             suspected.append(c)
-            flagged |= below
+            flagged |= (mine & fitted) if flag_fitted and fitted is not None else below
         stats.append(entry)
     return flagged, suspected, stats, notes
 

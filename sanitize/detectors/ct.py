@@ -415,7 +415,8 @@ class ConfusionTraining:
         decides on it and flags the isolated samples of the chosen classes. With canaries the
         calibrated test of :mod:`sanitize.detectors.canaries` decides: scores are the log-losses
         of isolated samples, standardised within each class by the samples confusion erased
-        (not isolated: never below the cut); a suspected class loses its samples below the cut.
+        (not isolated: never below the cut); a suspected class loses all its isolated samples,
+        as in the paper (docs/ct.md says why not only those below the cut).
         """
         logits, feats = infer(model, data.images, prep, features=True)
         labels = data.labels.cpu().numpy()
@@ -435,7 +436,8 @@ class ConfusionTraining:
             z, canary_z = class_robust_z(log_loss[d], labels[d], log_loss[k], labels[k], c, ~isolated[d], ~isolated[k])
             z[~isolated[d]], canary_z[~isolated[k]] = np.inf, np.inf
             flagged, suspected, stats, notes = canary_class_test(z, labels[d], canary_z, labels[k], c, self.alpha,
-                                                                 isolated[d], isolated[k], class_names=data.classes)
+                                                                 isolated[d], isolated[k], class_names=data.classes,
+                                                                 flag_fitted=True)
         for entry, ratio in zip(stats, ratios, strict=True):
             entry["likelihood_ratio"] = float(ratio)
             entry["suspected"] = entry["class"] in suspected
