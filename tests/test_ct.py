@@ -144,6 +144,16 @@ def test_split_canaries_is_stratified_and_keeps_two_per_class_for_confusion() ->
     assert split_canaries(reserve, 0.0, torch.Generator())[1] is None
 
 
+def test_feature_rows_take_the_feature_variant_and_refuse_an_image_schedule(ember_dirs) -> None:
+    from sanitize.detectors.ct import ConfusionTraining
+    from sanitize.features import load_feature_reserve, load_features
+
+    data = load_features(ember_dirs / "clean")
+    reserve = load_feature_reserve(ember_dirs / "reserve", data)
+    with pytest.raises(SanitizeError, match="feature schedule"):
+        ConfusionTraining(schedule=FAST, device="cpu").detect(data, reserve)
+
+
 def test_reserve_must_match_dataset() -> None:
     data, reserve = digits_split(0)
     rgb = from_arrays(np.zeros((40, 8, 8, 3), np.uint8), np.arange(40) % 10, data.classes)

@@ -6,17 +6,18 @@ sample of D, and is never flagged or written out. Whatever a detector does to cl
 chance, it does to the canaries too, so they are the null distribution of every per-sample
 statistic the detector reads, measured in the same run on the same model.
 
-The test (:func:`canary_class_test`). Each sample has a score, lower meaning more suspicious
-(CT: the confused model's log-loss, infinite for a sample the model no longer predicts as its
-label; ASSET: minus its offset loss). Scores are made comparable across classes by a robust
-standardisation within each class, over the class's samples of D and its canaries together
-(:func:`class_robust_z`; median and MAD ignore up to half the class, so poison does not set
-them). The cut is the lowest canary score. If class c's n samples of D and the M canaries of
-all classes are exchangeable, the number of D samples below the lowest of M canaries is at
+The test (:func:`canary_class_test`, CT on images and feature rows). Each sample has a score,
+lower meaning more suspicious: the confused model's log-loss, infinite for a sample the model
+no longer predicts as its label. Scores are made comparable across classes by a robust
+standardisation within each class (:func:`class_robust_z`), by the median and MAD of the
+class's samples that confusion erased, D and canaries alike (poison stays fitted, so it cannot
+set them). The cut is the lowest canary score. If class c's n samples of D and the M canaries
+of all classes are exchangeable, the number of D samples below the lowest of M canaries is at
 least k with probability ``C(n, k) / C(n + M, k)`` (the k lowest of the n + M are all from D),
-whatever the scores' distribution. That is the class's p-value; a class is suspected when it
-falls below ``alpha`` divided by the number of classes tested (Bonferroni), and only suspected
-classes lose their samples below the cut.
+whatever the scores' distribution (:func:`below_lowest_canary_p`). That is the class's p-value;
+a class is suspected when it falls below ``alpha`` divided by the number of classes tested
+(Bonferroni), and only suspected classes lose samples. ASSET applies the same tail probability
+to its own cut, above the highest canary (``sanitize.detectors.asset.canary_p_values``).
 
 Why pooled over classes: with m canaries of its own, a class can show poison only when it
 makes up more than about ``1 - alpha ** (1 / m)`` of the class (a third of it with 22

@@ -315,6 +315,15 @@ class ConfusionTraining:
     reserve_check: bool = True  # refuse a reserve that does not fit the data (sanitize.reserve_fit)
 
     def detect(self, data: ImageDataset, reserve: ImageDataset) -> DetectionResult:
+        from ..features import FeatureDataset
+
+        if isinstance(data, FeatureDataset):  # feature rows (EMBER): the paper's feature variant
+            from .ct_features import FeatureConfusionTraining
+
+            if isinstance(self.schedule, CTSchedule):
+                raise SanitizeError("feature rows take a feature schedule (fast or reference), not an image one")
+            return FeatureConfusionTraining(self.schedule, self.arch, self.device, self.seed, self.progress,
+                                            alpha=self.alpha, reserve_check=self.reserve_check).detect(data, reserve)
         device = resolve_device(self.device)
         schedule = self.schedule if isinstance(self.schedule, CTSchedule) else get_schedule(self.schedule)
         check_alpha(self.alpha)
