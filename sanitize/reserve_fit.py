@@ -11,8 +11,8 @@ report and notes:
   exactly or after coarse quantisation (a re-encoded copy). A reserve that is mostly the data
   itself is an error: it was not held out, so it is not trusted. A few shared samples (public
   test splits overlap their training splits) are dropped from the reserve, with a note.
-* **Missing classes.** Classes with fewer than four reserve samples give no canaries and are
-  tested against the other classes' canaries only; the note names them.
+* **Missing classes.** Classes with fewer than four reserve samples give no canaries, and a
+  class is named only when its own canaries agree; the note names them.
 * **A different distribution.** A classifier two-sample test (Lopez-Paz & Oquab, ICLR 2017): a
   logistic regression learns to tell reserve samples from an equal number of data samples on
   coarse features (thumbnails for images, standardised rows for feature data), scored by
@@ -168,7 +168,7 @@ def check_reserve_fit(data_x: torch.Tensor, data_labels: torch.Tensor, reserve_x
         names = ", ".join(class_names[c] for c in fit.missing_classes[:8])
         more = f" and {len(fit.missing_classes) - 8} more" if len(fit.missing_classes) > 8 else ""
         fit.notes.append(f"the reserve has fewer than 4 {what} of class(es) {names}{more}: they get no canaries of "
-                         f"their own, so their clean behaviour is judged from the other classes")
+                         f"their own, so the class test cannot name them")
     test = two_sample_auroc(data_x, data_labels_np, reserve_x[torch.as_tensor(keep).to(reserve_x.device)],
                             reserve_labels_np[keep])
     if test is not None:

@@ -67,7 +67,7 @@ def test_result_contract() -> None:
     assert result.settings["arch"] == "small_cnn"  # auto on a CPU
     assert result.settings["class_test"] == "canaries" and result.settings["canaries"] > 0
     for stat in result.class_stats:  # fast: the canary test, with the paper's statistic beside it
-        assert {"p_value", "n_canaries", "n_below_cut", "inspectable", "likelihood_ratio"} <= set(stat)
+        assert {"p_value", "n_canaries", "n_below_cut", "p_value_own", "canary_pool", "likelihood_ratio"} <= set(stat)
         assert 0 <= stat["p_value"] <= 1
 
 

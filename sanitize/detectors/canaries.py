@@ -19,13 +19,21 @@ a class is suspected when it falls below ``alpha`` divided by the number of clas
 (Bonferroni), and only suspected classes lose samples. ASSET applies the same tail probability
 to its own cut, above the highest canary (``sanitize.detectors.asset.canary_p_values``).
 
-Why pooled over classes: with m canaries of its own, a class can show poison only when it
-makes up more than about ``1 - alpha ** (1 / m)`` of the class (a third of it with 22
-canaries), since a clean class with that share of well-fitted samples shows none of them among
-m canaries often enough. The pooled canaries put the bound at about ``n / M`` samples for a class
-of n. The price is an assumption: after standardisation, classes share the shape of their lower
-tail. A class that confusion could not erase breaks it; its own canaries show that, and such a
-class is reported as not inspectable rather than tested (:data:`RESISTANT_SHARE`).
+Why pooled over classes, and why not only: with m canaries of its own, a class can show poison
+only when it makes up more than about ``1 - alpha ** (1 / m)`` of the class (a third of it with
+22 canaries), since a clean class with that share of well-fitted samples shows none of them
+among m canaries often enough. The pooled canaries put the bound at about ``n / M`` samples for
+a class of n. The price is an assumption: after standardisation, classes share the shape of
+their lower tail. Confusion breaks it: it erases some clean classes less than others (on
+scikit-learn's digits, between none and most of a class stays fitted), and a pooled test alone
+then names a clean class (docs/ct.md, "The class test"). So a class is suspected only when its
+own canaries agree at :data:`OWN_LEVEL` too: that test is exact for a clean class whatever
+confusion did to it, so it bounds the false alarms per class where the pooling fails, while the
+pooled test keeps them at ``alpha`` where it holds. A class whose canaries visibly stayed fitted
+more often than the rest (:func:`fitted_homogeneity_p`) is tested against its own canaries
+only, at the full level. The own test is what limits power on small reserves: poison must be
+more than about ``1 - OWN_LEVEL ** (1 / m)`` of its class, 26 % with 10 canaries of its own.
+Classes without canaries cannot be named.
 """
 
 from __future__ import annotations
@@ -34,14 +42,20 @@ import math
 
 import numpy as np
 from scipy.special import gammaln
+from scipy.stats import fisher_exact
 
 from ..errors import SanitizeError
 
 DEFAULT_ALPHA = 1e-3
-# A class with at least this share of its canaries still predicted as their label after confusion
-# (and at least two of them) was not erased by confusion: its clean samples resist, and a test
-# built on "only poison stays fitted" cannot tell them from poison.
-RESISTANT_SHARE = 0.5
+# The pooled test borrows every class's canaries; each class must also stand the test against its
+# own canaries alone at this level. That test needs no assumption across classes (its own
+# canaries are exchangeable with its clean samples by construction), so whatever confusion does
+# to one class more than to the others, a clean class is suspected with probability at most this.
+OWN_LEVEL = 0.05
+# A class whose canaries stayed fitted more often than the other classes' (one-sided Fisher exact
+# test at this level) visibly breaks the pooling: it is tested against its own canaries only, at
+# the full level.
+HOMOGENEITY_LEVEL = 0.05
 
 
 def class_robust_z(values: np.ndarray, labels: np.ndarray, canary_values: np.ndarray, canary_labels: np.ndarray,
@@ -92,6 +106,22 @@ def detectable_count(n: int, m: int, level: float) -> int:
     return n + 1
 
 
+def own_canary_p(scores: np.ndarray, canary_scores: np.ndarray) -> tuple[int, float]:
+    """(k, p) of one class against its own canaries: k samples below the lowest, p its exact tail."""
+    if len(canary_scores) == 0:
+        return 0, 1.0
+    k = int((scores < canary_scores.min()).sum())
+    return k, below_lowest_canary_p(len(scores), k, len(canary_scores))
+
+
+def fitted_homogeneity_p(own_fitted: int, own: int, all_fitted: int, total: int) -> float:
+    """One-sided Fisher exact p that a class's canaries stayed fitted more often than the others'."""
+    if own == 0 or own_fitted == 0:
+        return 1.0
+    table = [[own_fitted, own - own_fitted], [all_fitted - own_fitted, total - own - all_fitted + own_fitted]]
+    return float(fisher_exact(table, alternative="greater")[1])
+
+
 def canary_class_test(scores: np.ndarray, labels: np.ndarray, canary_scores: np.ndarray, canary_labels: np.ndarray,
                       num_classes: int, alpha: float = DEFAULT_ALPHA,
                       fitted: np.ndarray | None = None, canary_fitted: np.ndarray | None = None,
@@ -100,44 +130,55 @@ def canary_class_test(scores: np.ndarray, labels: np.ndarray, canary_scores: np.
     """Flags, suspected classes, per-class evidence and notes (see the module docstring).
 
     ``scores``/``canary_scores``: lower is more suspicious, already comparable across classes
-    (:func:`class_robust_z`), infinite for samples that cannot be flagged. ``fitted`` /
-    ``canary_fitted`` (optional): whether the model still predicts each sample's label after
-    confusion; a class with at least :data:`RESISTANT_SHARE` of its canaries fitted is not
-    inspectable. A suspected class loses its samples below the cut, or with ``flag_fitted``
-    every fitted sample (the CT paper's rule: the test picks the class, confusion the samples).
-    ``class_names`` name the classes in notes (default: their indices).
+    (:func:`class_robust_z`), infinite for samples that cannot be flagged. A class is suspected
+    when its pooled p-value is below ``alpha`` over the number of classes *and* its p-value
+    against its own canaries below :data:`OWN_LEVEL`. ``fitted`` / ``canary_fitted``
+    (optional): whether the model still predicts each sample's label after confusion; a class
+    whose canaries stayed fitted more often than the others' (:func:`fitted_homogeneity_p`) is
+    tested against its own canaries only, at the full level. A suspected class loses its
+    samples below the cut, or with ``flag_fitted`` every fitted sample (the CT paper's rule: the
+    test picks the class, confusion the samples). ``class_names`` name the classes in notes.
     """
     names = class_names or [str(c) for c in range(num_classes)]
     m_total = len(canary_scores)
     cut = float(canary_scores.min()) if len(canary_scores) else -np.inf
     tested = [c for c in range(num_classes) if (labels == c).any()]
     level = alpha / max(1, len(tested))
+    all_fitted = int(canary_fitted.sum()) if canary_fitted is not None else 0
     flagged = np.zeros(len(scores), dtype=bool)
     suspected: list[int] = []
     stats: list[dict] = []
     notes: list[str] = []
     for c in range(num_classes):
-        mine = labels == c
-        n, m_c = int(mine.sum()), int((canary_labels == c).sum())
-        below = mine & (scores < cut)
-        k = int(below.sum())
-        p_value = below_lowest_canary_p(n, k, m_total)
-        entry = {"class": c, "n_samples": n, "n_canaries": m_c, "n_below_cut": k, "p_value": p_value,
-                 "detectable_count": detectable_count(n, m_total, level) if n else None}
+        mine, theirs = labels == c, canary_labels == c
+        n, m_c = int(mine.sum()), int(theirs.sum())
+        k_own, p_own = own_canary_p(scores[mine], canary_scores[theirs])
+        entry = {"class": c, "n_samples": n, "n_canaries": m_c, "p_value_own": p_own}
+        homogeneity = 1.0
         if fitted is not None and canary_fitted is not None:
-            j = int(canary_fitted[canary_labels == c].sum())
-            entry.update(n_fitted=int(fitted[mine].sum()), n_canaries_fitted=j)
-            entry["inspectable"] = not (m_c and j >= 2 and j >= RESISTANT_SHARE * m_c)
+            j = int(canary_fitted[theirs].sum())
+            homogeneity = fitted_homogeneity_p(j, m_c, all_fitted, m_total)
+            entry.update(n_fitted=int(fitted[mine].sum()), n_canaries_fitted=j, homogeneity_p=homogeneity)
+        pooled = homogeneity >= HOMOGENEITY_LEVEL
+        if pooled:
+            k = int((mine & (scores < cut)).sum())
+            p_value = below_lowest_canary_p(n, k, m_total)
+            is_suspect = bool(n and p_value < level and p_own < OWN_LEVEL)
+            detectable = detectable_count(n, m_total, level) if n else None
         else:
-            entry["inspectable"] = True
-        is_suspect = bool(n and p_value < level and entry["inspectable"])
-        if not entry["inspectable"] and p_value < level:
-            notes.append(f"class {names[c]}: not inspectable: {entry['n_canaries_fitted']} of its {m_c} clean canaries "
-                         f"stayed fitted after confusion, so its {k} well-fitted samples are not evidence of poison")
-        entry["suspected"] = is_suspect
+            k, p_value = k_own, p_own
+            is_suspect = bool(n and p_own < level)
+            detectable = detectable_count(n, m_c, level) if n else None
+            notes.append(f"class {names[c]}: {entry['n_canaries_fitted']} of its {m_c} clean canaries stayed fitted "
+                         f"after confusion, against {all_fitted - entry['n_canaries_fitted']} of the other "
+                         f"{m_total - m_c}: tested against its own canaries only, so it is named only with at least "
+                         f"{detectable} of its {n} samples below all of them")
+        entry.update(canary_pool="all classes" if pooled else "own", n_below_cut=k, p_value=p_value,
+                     detectable_count=detectable, suspected=is_suspect)
         if is_suspect:
             suspected.append(c)
-            flagged |= (mine & fitted) if flag_fitted and fitted is not None else below
+            cut_c = cut if pooled else float(canary_scores[theirs].min())
+            flagged |= (mine & fitted) if flag_fitted and fitted is not None else (mine & (scores < cut_c))
         stats.append(entry)
     return flagged, suspected, stats, notes
 
