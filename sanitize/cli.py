@@ -5,13 +5,17 @@ Exit codes (CI pipelines gate on them):
   1  finished and the gate failed (by default: poison flagged; see --max-flagged-fraction and
      --fail-on-detect)
   2  bad usage or bad input (one line on stderr, no traceback; nothing written)
+  3  internal error: a bug or out of memory (one line naming the error and its traceback file)
+  130, 143, 129  interrupted (Ctrl-C, SIGTERM, SIGHUP); nothing written
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 import tempfile
+import traceback
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -24,14 +28,23 @@ from rich.table import Table
 
 from .data import ImageDataset, load_image_folder, load_reserve
 from .errors import SanitizeError
+from .exits import (  # noqa: F401 -- EXIT_* are part of this module's interface
+    DEBUG_ENV,
+    EXIT_BAD_INPUT,
+    EXIT_CLEAN,
+    EXIT_FLAGGED,
+    EXIT_INTERNAL,
+    Terminated,
+    catch_termination,
+    crash_line,
+    write_crash_log,
+)
 from .features import FORMATS, FeatureDataset, detect_format, load_feature_reserve, load_features, write_features
 from .html_report import write_html_report
 from .output import check_out_dir, staged_output, write_image_subset
 from .progress import Progress, RichProgress, Silent
 from .report import build_report, read_report, write_report
 from .result import DetectionResult
-
-EXIT_CLEAN, EXIT_FLAGGED, EXIT_BAD_INPUT = 0, 1, 2
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Find and remove backdoor-poisoned samples from a training set.")
@@ -326,7 +339,8 @@ def _usage_error_message(exc: BaseException) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: map user errors to one line + exit 2, results to 0/1."""
+    """Entry point: results to 0/1, user errors to one line + exit 2, crashes to one line + exit 3."""
+    catch_termination()
     try:
         code = app(args=argv, standalone_mode=False)
     except SanitizeError as exc:
@@ -334,6 +348,9 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         stderr.print("interrupted: nothing was written", markup=False)
         sys.exit(130)
+    except Terminated as exc:
+        stderr.print(f"terminated by {exc.name}: nothing was written", markup=False)
+        sys.exit(exc.exit_code)
     except Exception as exc:
         kind = type(exc).__name__
         if kind == "Exit":
@@ -343,13 +360,22 @@ def main(argv: list[str] | None = None) -> None:
             sys.exit(130)
         message = _usage_error_message(exc)
         if message is None:
-            raise
+            _crash(exc)
         _fail(message)
     sys.exit(code if isinstance(code, int) else 0)
 
 
+def _crash(exc: BaseException) -> None:
+    """An internal error: one line and exit 3, never 1 (the code of a failed gate)."""
+    log = write_crash_log(exc)
+    if os.environ.get(DEBUG_ENV):
+        traceback.print_exception(type(exc), exc, exc.__traceback__)
+    stderr.print(crash_line(exc, log), markup=False, highlight=False, soft_wrap=True, emoji=False)
+    sys.exit(EXIT_INTERNAL)
+
+
 def _fail(message: str) -> None:
-    stderr.print(f"error: {message}", markup=False, highlight=False, soft_wrap=True)
+    stderr.print(f"error: {message}", markup=False, highlight=False, soft_wrap=True, emoji=False)
     sys.exit(EXIT_BAD_INPUT)
 
 

@@ -1,0 +1,84 @@
+"""Exit codes that mean one thing, and how a crash or a signal ends a run.
+
+A CI job gates on the exit code, so a crash must never look like a verdict: Python's default
+code for an uncaught exception is 1, which ``sanitize`` uses for "gate failed: poison flagged".
+An internal error therefore exits :data:`EXIT_INTERNAL` with one line on stderr naming the
+error and the file that holds its traceback. SIGTERM and SIGHUP (what ``timeout``,
+``docker stop`` and CI cancellation send) become an exception, so the staging folder of the
+outputs is removed on the way out exactly as on Ctrl-C, and the process exits ``128 + signal``.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+EXIT_CLEAN, EXIT_FLAGGED, EXIT_BAD_INPUT, EXIT_INTERNAL = 0, 1, 2, 3
+# Set to print the traceback of an internal error on stderr as well (for bug reports).
+DEBUG_ENV = "SANITIZE_DEBUG"
+
+
+class Terminated(BaseException):  # noqa: N818 -- a signal, like KeyboardInterrupt, not an error
+    """The process received a termination signal; unwinds like ``KeyboardInterrupt``."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.signum).name
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+
+def _raise_terminated(signum: int, _frame) -> None:
+    raise Terminated(signum)
+
+
+def catch_termination() -> None:
+    """Turn SIGTERM and SIGHUP into :class:`Terminated` (main thread only; no-op elsewhere)."""
+    for name in ("SIGTERM", "SIGHUP"):
+        if hasattr(signal, name):
+            try:
+                signal.signal(getattr(signal, name), _raise_terminated)
+            except ValueError:  # not the main thread (e.g. the CLI called from a worker)
+                return
+
+
+def crash_log_dir() -> Path:
+    """Where tracebacks go: ``<cache>/crashes`` (see ``sanitize.model_cache``), else the temp dir."""
+    from .model_cache import default_cache_dir
+
+    return default_cache_dir() / "crashes"
+
+
+def write_crash_log(exc: BaseException) -> Path | None:
+    """Write the traceback of ``exc`` to a new file and return its path (None if nothing could be written)."""
+    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for folder in (crash_log_dir, lambda: Path(tempfile.gettempdir())):
+        try:
+            where = folder()
+            where.mkdir(parents=True, exist_ok=True)
+            handle, name = tempfile.mkstemp(prefix=f"sanitize-crash-{stamp}-", suffix=".log", dir=where)
+            with os.fdopen(handle, "w") as log:
+                log.write(text)
+            return Path(name)
+        except OSError:
+            continue
+    return None
+
+
+def crash_line(exc: BaseException, log: Path | None) -> str:
+    """The one line an internal error prints."""
+    message = str(exc).splitlines()[0][:300] if str(exc).strip() else ""
+    what = f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+    where = f"traceback in {log}" if log else "the traceback could not be written"
+    return f"internal error: {what} ({where}; this is a bug in sanitize, not a verdict)"

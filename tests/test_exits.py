@@ -1,0 +1,85 @@
+"""A crash or a signal never looks like a verdict, and leaves nothing behind (sanitize.exits)."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import pytest
+
+import sanitize.cli as cli
+from sanitize.exits import EXIT_INTERNAL, Terminated, catch_termination, crash_line
+from sanitize.output import staged_output
+
+from .conftest import run_cli
+
+
+@pytest.fixture
+def restore_signals():
+    saved = {name: signal.getsignal(getattr(signal, name)) for name in ("SIGTERM", "SIGHUP")}
+    yield
+    for name, handler in saved.items():
+        signal.signal(getattr(signal, name), handler)
+
+
+@pytest.fixture
+def inputs(tmp_path, monkeypatch):
+    """Empty data and reserve folders, a private cache dir (where tracebacks go), and the --out path."""
+    (tmp_path / "data").mkdir()
+    (tmp_path / "reserve").mkdir()
+    monkeypatch.setenv("SANITIZE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("SANITIZE_DEBUG", raising=False)
+    return tmp_path
+
+
+def ct_args(root) -> list:
+    return ["ct", root / "data", "--reserve", root / "reserve", "--out", root / "out", "-q"]
+
+
+def test_an_internal_error_exits_3_with_one_line_and_a_traceback_file(inputs, monkeypatch, capsys,
+                                                                      restore_signals) -> None:
+    def broken(*_args, **_kwargs):
+        raise ZeroDivisionError("division by zero")
+
+    monkeypatch.setattr(cli, "load_inputs", broken)
+    assert run_cli(*ct_args(inputs)) == EXIT_INTERNAL
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("internal error: ZeroDivisionError: division by zero")
+    assert "Traceback" not in err and "not a verdict" in err
+    logs = list((inputs / "cache" / "crashes").glob("sanitize-crash-*.log"))
+    assert len(logs) == 1 and str(logs[0]) in err
+    assert "Traceback" in logs[0].read_text() and "broken" in logs[0].read_text()
+    assert not (inputs / "out").exists()
+
+
+def test_sanitize_debug_prints_the_traceback_too(inputs, monkeypatch, capsys, restore_signals) -> None:
+    monkeypatch.setenv("SANITIZE_DEBUG", "1")
+    monkeypatch.setattr(cli, "load_inputs", lambda *a, **k: [][0])
+    assert run_cli(*ct_args(inputs)) == EXIT_INTERNAL
+    err = capsys.readouterr().err
+    assert "Traceback" in err and err.strip().splitlines()[-1].startswith("internal error: IndexError")
+
+
+@pytest.mark.parametrize("name", ["SIGTERM", "SIGHUP"])
+def test_a_termination_signal_exits_128_plus_its_number_with_one_line(inputs, monkeypatch, capsys, name: str,
+                                                                      restore_signals) -> None:
+    number = getattr(signal, name)
+    monkeypatch.setattr(cli, "load_inputs", lambda *a, **k: os.kill(os.getpid(), number))
+    assert run_cli(*ct_args(inputs)) == 128 + number
+    assert capsys.readouterr().err.strip() == f"terminated by {name}: nothing was written"
+    assert not (inputs / "out").exists()
+
+
+def test_a_signal_while_outputs_are_staged_leaves_no_staging_folder(tmp_path, restore_signals) -> None:
+    catch_termination()
+    out = tmp_path / "out"
+    with pytest.raises(Terminated), staged_output(out) as staging:
+        (staging / "report.json").write_text("{}")
+        os.kill(os.getpid(), signal.SIGTERM)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_crash_line_is_one_line_whatever_the_message() -> None:
+    line = crash_line(RuntimeError("first\nsecond"), None)
+    assert "\n" not in line and "first" in line and "second" not in line and "could not be written" in line
+    assert crash_line(MemoryError(), None).startswith("internal error: MemoryError (")
