@@ -27,6 +27,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .data import ImageDataset, load_image_folder, load_reserve
+from .domains import SEED_RANGE
 from .errors import SanitizeError
 from .exits import (  # noqa: F401 -- EXIT_* are part of this module's interface
     DEBUG_ENV,
@@ -63,7 +64,8 @@ FormatOpt = Annotated[str, typer.Option("--format", help="Input kind: auto, imag
 OutOpt = Annotated[Path, typer.Option("--out", "-o", help="New folder for the cleaned dataset and reports.")]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Replace --out if it exists.")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
-SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed; the same seed on CPU gives identical flags.")]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed; the same seed on CPU gives identical flags.",
+                                      **SEED_RANGE)]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or summary table.")]
 SizeOpt = Annotated[str | None, typer.Option(
     "--size", help="Resize images to N or HxW pixels (default: the most common size).")]

@@ -24,6 +24,7 @@ from rich.table import Table
 
 from .attacks import ATTACK_INFO, ATTACKS, FEATURE_ATTACK_INFO, PoisonedSet, Stamp, apply_trigger_to_test, load_trigger
 from .data import ImageDataset, load_image_folder, load_like
+from .domains import SEED_RANGE
 from .errors import SanitizeError
 from .evaluate import evaluate_files, format_metric
 from .output import check_out_dir, staged_output, write_image_subset
@@ -181,7 +182,7 @@ def attack_command(
     rate: Annotated[float | None, typer.Option(help="Poison fraction of the whole set (default: per attack).")
                     ] = None,
     target: Annotated[str, typer.Option(help="Target class: folder name or index.")] = "0",
-    seed: Annotated[int, typer.Option(help="Random seed; the same seed gives the same bytes.")] = 0,
+    seed: Annotated[int, typer.Option(help="Random seed; the same seed gives the same bytes.", **SEED_RANGE)] = 0,
     cover_rate: Annotated[float | None, typer.Option(
         "--cover-rate", help="Cover fraction (wanet, tact, adap-blend, adap-patch).")] = None,
     source: Annotated[str | None, typer.Option(help="tact: source class (default 1).")] = None,

@@ -83,3 +83,15 @@ def test_the_crash_line_is_one_line_whatever_the_message() -> None:
     line = crash_line(RuntimeError("first\nsecond"), None)
     assert "\n" not in line and "first" in line and "second" not in line and "could not be written" in line
     assert crash_line(MemoryError(), None).startswith("internal error: MemoryError (")
+
+
+@pytest.mark.parametrize("seed", ["-1", str(2**64)])
+@pytest.mark.parametrize("command", ["ct", "asset", "scan", "attack", "demo"])
+def test_every_command_refuses_a_seed_outside_the_range_before_any_work(inputs, capsys, command: str,
+                                                                        seed: str) -> None:
+    args = {"attack": ["attack", "badnet", inputs / "data", inputs / "out"],
+            "demo": ["demo", "--out", inputs / "out", "-q"]}.get(command, [command, *ct_args(inputs)[1:]])
+    assert run_cli(*args, "--seed", seed) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("error:") and "--seed" in err
+    assert not (inputs / "out").exists()
