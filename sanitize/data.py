@@ -229,6 +229,16 @@ def load_reserve(root: str | Path, data: ImageDataset) -> ImageDataset:
     return load_like(root, data, "reserve")
 
 
+def check_several_classes(labels: np.ndarray, classes: list[str], what: str) -> None:
+    """Refuse data with samples of fewer than two classes: every detector compares classes
+    (a backdoor relabels samples into one class), so a one-class set cannot be inspected."""
+    present = np.unique(labels[labels >= 0])
+    if len(present) < 2:
+        which = f"only class {classes[int(present[0])]}" if len(present) else "no labelled samples"
+        raise SanitizeError(f"the data has {which}: a detector compares classes, so it needs {what} of at "
+                            f"least two")
+
+
 def check_reserve(reserve: ImageDataset, data: ImageDataset) -> None:
     """Reject a reserve that cannot serve as trusted clean data for ``data``."""
     if reserve.classes != data.classes:
@@ -238,6 +248,7 @@ def check_reserve(reserve: ImageDataset, data: ImageDataset) -> None:
             f"reserve images are {reserve.channels}x{reserve.size[0]}x{reserve.size[1]}, "
             f"dataset images {data.channels}x{data.size[0]}x{data.size[1]}"
         )
+    check_several_classes(data.labels.cpu().numpy(), data.classes, "images")
     if len(reserve) < 2 * max(1, data.num_classes):
         raise SanitizeError(
             f"reserve has {len(reserve)} images: need at least two per class "

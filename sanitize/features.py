@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 from . import ember
+from .data import check_several_classes
 from .errors import SanitizeError
 
 FORMATS = ("auto", "images", "ember", "npz", "jsonl")
@@ -463,6 +464,7 @@ def check_feature_reserve(reserve: FeatureDataset, data: FeatureDataset) -> None
     """Reject a reserve that cannot serve as trusted clean data for ``data``."""
     if reserve.dim != data.dim:
         raise SanitizeError(f"reserve rows have {reserve.dim} features, the dataset {data.dim}")
+    check_several_classes(data.labels.cpu().numpy(), data.classes, "rows")
     counts = np.bincount(reserve.labels.cpu().numpy()[reserve.labels.cpu().numpy() >= 0],
                          minlength=data.num_classes)
     if (counts[: data.num_classes] < 2).any() or len(counts) > data.num_classes:

@@ -216,6 +216,18 @@ def confusion_train(model: Classifier, data: ImageDataset, subset: torch.Tensor,
     return model
 
 
+def fewest_samples(keep_ratios: list[float]) -> int:
+    """The fewest samples for which every distillation round keeps at least one (``int(keep * n) >= 1``).
+
+    Below it a round distils D to nothing and the next one has nothing to train on; CT refuses
+    such a set up front instead of failing mid-run.
+    """
+    n = 2
+    while any(int(keep * n) < 1 for keep in keep_ratios):
+        n += 1
+    return n
+
+
 def distill(losses: torch.Tensor, labels: torch.Tensor, num_classes: int, keep_ratio: float,
             topup_divisor: int | None) -> torch.Tensor:
     """Indices of the ``keep_ratio * N`` lowest-loss samples, each class topped up.
@@ -328,8 +340,11 @@ class ConfusionTraining:
         schedule = self.schedule if isinstance(self.schedule, CTSchedule) else get_schedule(self.schedule)
         check_alpha(self.alpha)
         check_reserve(reserve, data)
-        if len(data) < 2 * data.num_classes:
-            raise SanitizeError(f"dataset has {len(data)} images: too few to inspect")
+        need = max(2 * data.num_classes, fewest_samples([r.keep_ratio for r in schedule.rounds if r.keep_ratio]))
+        if len(data) < need:
+            raise SanitizeError(f"dataset has {len(data)} images: ct ({schedule.name}) needs at least {need} "
+                                f"(its distillation rounds keep as little as "
+                                f"{min(r.keep_ratio or 1 for r in schedule.rounds):.0%} of them)")
         arch = default_arch(device, min(data.size)) if self.arch == "auto" else self.arch
         progress = self.progress or Silent()
         gen = seed_everything(self.seed)

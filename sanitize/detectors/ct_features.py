@@ -40,7 +40,7 @@ from ..progress import Progress, Silent
 from ..reserve_fit import fitted_reserve
 from ..result import DetectionResult
 from .canaries import DEFAULT_ALPHA, canary_class_test, check_alpha, class_robust_z, share_notes
-from .ct import distill, split_canaries
+from .ct import distill, fewest_samples, split_canaries
 
 
 @dataclass(frozen=True)
@@ -256,8 +256,10 @@ class FeatureConfusionTraining:
         check_alpha(self.alpha)
         check_feature_reserve(reserve, data)
         labelled_np = data.labelled_indices()
-        if len(labelled_np) < 20 or (np.bincount(data.labels.cpu().numpy()[labelled_np], minlength=2) < 2).any():
-            raise SanitizeError(f"dataset has {len(labelled_np)} labelled rows: too few of each class to inspect")
+        need = max(20, fewest_samples([r.keep_ratio for r in schedule.rounds if r.keep_ratio]))
+        if len(labelled_np) < need or (np.bincount(data.labels.cpu().numpy()[labelled_np], minlength=2) < 2).any():
+            raise SanitizeError(f"dataset has {len(labelled_np)} labelled rows: ct ({schedule.name}) needs at least "
+                                f"{need}, two of each class")
         progress = self.progress or Silent()
         gen = seed_everything(self.seed)
         timer = PhaseTimer(device)
