@@ -131,14 +131,22 @@ def list_image_folder(root: Path) -> tuple[list[str], list[tuple[str, int]]]:
     return classes, entries
 
 
-def _decode(path: Path) -> Image.Image:
+def decode_image(path: str | Path, what: str = "image") -> Image.Image:
+    """Open and decode one image file; anything unreadable is one :class:`SanitizeError` line.
+
+    Pillow refuses an image whose header claims more than twice ``Image.MAX_IMAGE_PIXELS``
+    pixels (a decompression bomb) with an error that is not an ``OSError``; it is caught here
+    too, so a forged header cannot crash a run.
+    """
     try:
         with Image.open(path) as img:
             img.load()
             return img
+    except Image.DecompressionBombError as exc:
+        raise SanitizeError(f"{path}: {what} refused as a decompression bomb ({exc})") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         reason = str(exc).split("\n")[0] or type(exc).__name__
-        raise SanitizeError(f"{path}: cannot decode image ({reason})") from None
+        raise SanitizeError(f"{path}: cannot decode {what} ({reason})") from None
 
 
 def _to_array(img: Image.Image, grayscale: bool) -> np.ndarray:
@@ -162,7 +170,7 @@ def decode_images(files: Sequence[Path], *, size: tuple[int, int] | None = None,
     """
     workers = workers or min(16, (os.cpu_count() or 2) * 2)
     with ThreadPoolExecutor(workers) as pool:
-        decoded = list(pool.map(_decode, files))
+        decoded = list(pool.map(decode_image, files))
     notes: list[str] = []
     if grayscale is None:
         grayscale = all(img.mode in GRAYSCALE_MODES for img in decoded)

@@ -1,6 +1,15 @@
-"""Sets a detector cannot inspect are refused up front with their minimum: one line, exit 2, nothing written."""
+"""Inputs a detector cannot inspect are refused up front: one line, exit 2, nothing written, input untouched.
+
+Sets too small or of one class (with the minimum stated), and image headers forged to claim
+hundreds of millions of pixels (a decompression bomb: Pillow raises an error that is not an
+``OSError``).
+"""
 
 from __future__ import annotations
+
+import shutil
+import struct
+import zlib
 
 import numpy as np
 import pytest
@@ -37,3 +46,27 @@ def test_a_set_that_cannot_be_inspected_is_refused_before_training(folders, caps
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and err.startswith("error:") and message in err
     assert not (folders / f"out-{command}").exists() and tree_digest(folders / data) == before
+
+
+def forged_png(width: int, height: int) -> bytes:
+    """A PNG whose header claims ``width x height`` pixels, with a few bytes of data."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    body = chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+    return b"\x89PNG\r\n\x1a\n" + body
+
+
+def test_a_decompression_bomb_header_is_one_line_not_a_crash(folders, capsys) -> None:
+    bombed = folders / "bombed"
+    shutil.copytree(folders / "tiny", bombed)
+    (bombed / "0" / "bomb.png").write_bytes(forged_png(20000, 20000))
+    (folders / "trigger.png").write_bytes(forged_png(20000, 20000))
+    before = tree_digest(bombed)
+    for args in (["ct", bombed, "--reserve", folders / "reserve", "--out", folders / "out-bomb"],
+                 ["attack", "badnet", folders / "tiny", folders / "out-bomb", "--trigger", folders / "trigger.png"]):
+        assert run_cli(*args, "-q") == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "decompression bomb" in err
+        assert not (folders / "out-bomb").exists()
+    assert tree_digest(bombed) == before

@@ -19,10 +19,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 from torchvision.transforms.v2 import functional as TF
 
-from ..data import ImageDataset
+from ..data import ImageDataset, decode_image
 from ..errors import SanitizeError
 
 TestTrigger = Callable[[torch.Tensor], torch.Tensor]
@@ -231,14 +230,14 @@ def load_trigger(path: str | Path, channels: int, mask_path: str | Path | None =
     from the image's alpha channel / transparency, or else the whole image is the trigger. The
     pattern is converted to the dataset's channel count (grayscale or RGB).
     """
-    img = _open_image(path)
+    img = decode_image(path, "trigger image")
     has_alpha = img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info
     rgba = img.convert("RGBA")
     pattern_img = rgba.convert("L") if channels == 1 else rgba.convert("RGB")
     arr = np.array(pattern_img, dtype=np.uint8)
     pattern = torch.from_numpy(np.ascontiguousarray(arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)))
     if mask_path is not None:
-        mask_img = _open_image(mask_path).convert("L")
+        mask_img = decode_image(mask_path, "trigger mask").convert("L")
         if mask_img.size != img.size:
             raise SanitizeError(f"--mask {mask_path}: size {mask_img.size[0]}x{mask_img.size[1]} differs from "
                                 f"--trigger {img.size[0]}x{img.size[1]}")
@@ -250,16 +249,6 @@ def load_trigger(path: str | Path, channels: int, mask_path: str | Path | None =
     if not mask.any():
         raise SanitizeError(f"--trigger {path}: the mask is empty (fully transparent)")
     return Stamp(pattern.contiguous(), torch.from_numpy(np.ascontiguousarray(mask[None])))
-
-
-def _open_image(path: str | Path) -> Image.Image:
-    try:
-        with Image.open(path) as img:
-            img.load()
-            return img
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
-        reason = str(exc).split("\n")[0] or type(exc).__name__
-        raise SanitizeError(f"{path}: cannot read trigger image ({reason})") from None
 
 
 def fit_full(stamp: Stamp, size: tuple[int, int]) -> Stamp:
