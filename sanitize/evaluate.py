@@ -51,6 +51,8 @@ def load_truth(path: str | Path) -> Truth:
         raise SanitizeError(f"--truth {path}: cannot read ({exc})") from None
     try:
         data = json.loads(text)
+    except RecursionError:
+        raise SanitizeError(f"--truth {path}: JSON nested too deeply") from None
     except json.JSONDecodeError:
         lines = (line.split("#", 1)[0].strip() for line in text.splitlines())
         return Truth([normalise_path(line) for line in lines if line])
@@ -60,6 +62,13 @@ def load_truth(path: str | Path) -> Truth:
         return Truth(_path_list(data["poison"], f"--truth {path} 'poison'"),
                      _path_list(data.get("cover", []), f"--truth {path} 'cover'"))
     return Truth(_path_list(data, f"--truth {path}"))
+
+
+def _json_bool(value: Any) -> bool:
+    """A JSON ``true``/``false``; anything else (the string ``"false"`` is truthy in Python) is refused."""
+    if not isinstance(value, bool):
+        raise TypeError(f"'flagged' must be true or false, got {value!r}")
+    return value
 
 
 def evaluate_report(report: dict[str, Any], truth: Truth) -> dict[str, Any]:
@@ -72,7 +81,7 @@ def evaluate_report(report: dict[str, Any], truth: Truth) -> dict[str, Any]:
     try:
         paths = [normalise_path(s["path"]) for s in samples]
         scores = np.array([float(s["score"]) for s in samples], dtype=np.float64)
-        flagged = np.array([bool(s["flagged"]) for s in samples], dtype=bool)
+        flagged = np.array([_json_bool(s["flagged"]) for s in samples], dtype=bool)
     except (KeyError, TypeError, ValueError) as exc:
         raise SanitizeError(f"report samples need 'path', 'score' and 'flagged' ({exc})") from None
     if len(set(paths)) != len(paths):

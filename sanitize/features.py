@@ -238,6 +238,10 @@ def _single(path: Path, pattern: str, kind: str) -> Path:
 
 # --- readers -----------------------------------------------------------------------------------
 
+# Labels index classes 0..K-1 and every class gets a name: a stray 1e9 would build a billion.
+MAX_CLASSES = 10_000
+
+
 def _labels_from(values: np.ndarray, what: str) -> tuple[torch.Tensor, list[str]]:
     """Integer labels (-1 = unlabelled) and class names from a label array."""
     values = np.asarray(values)
@@ -250,6 +254,9 @@ def _labels_from(values: np.ndarray, what: str) -> tuple[torch.Tensor, list[str]
     if len(labels) and labels.min() < -1:
         raise SanitizeError(f"{what}: label {labels.min()} is not allowed (-1 = unlabelled, 0, 1, ...)")
     top = int(labels.max()) if len(labels) else 1
+    if top >= MAX_CLASSES:
+        raise SanitizeError(f"{what}: label {top} is not allowed: class labels run from 0 to at most "
+                            f"{MAX_CLASSES - 1} (-1 = unlabelled)")
     classes = list(BINARY_CLASSES) if top <= 1 else [str(c) for c in range(top + 1)]
     return torch.from_numpy(labels), classes
 
@@ -408,6 +415,8 @@ def _parse_record(line: bytes, where: str) -> dict:
         record = json.loads(line)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise SanitizeError(f"{where}: not a JSON record ({getattr(exc, 'msg', exc)})") from None
+    except RecursionError:
+        raise SanitizeError(f"{where}: not a JSON record (nested too deeply)") from None
     if not isinstance(record, dict):
         raise SanitizeError(f"{where}: every line must be a JSON object (one PE file's raw features)")
     if "label" not in record:

@@ -101,8 +101,10 @@ def read_report(path: str | Path) -> dict[str, Any]:
     try:
         with open(path, encoding="utf-8") as f:
             report = json.load(f)
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise SanitizeError(f"{path}: cannot read report ({exc})") from None
+    except RecursionError:
+        raise SanitizeError(f"{path}: cannot read report (JSON nested too deeply)") from None
     if not isinstance(report, dict) or "samples" not in report or "summary" not in report:
         raise SanitizeError(f"{path}: not a sanitize report (no 'summary'/'samples')")
     return report

@@ -27,6 +27,23 @@ def make_report(names: list[str] | None = None) -> dict:
 TRUTH = Truth(poison=["0/p1.png", "0/p2.png", "0/p3.png"], cover=["1/c1.png"])
 
 
+def test_flags_must_be_json_booleans_and_json_depth_is_bounded(tmp_path: Path) -> None:
+    report = make_report()
+    report["samples"][0]["flagged"] = "false"  # truthy in Python: it would count as flagged
+    with pytest.raises(SanitizeError, match="true or false"):
+        evaluate_report(report, TRUTH)
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(SanitizeError, match="nested too deeply"):
+        load_truth(deep)
+    with pytest.raises(SanitizeError, match="nested too deeply"):
+        evaluate_files(deep, deep)
+    binary = tmp_path / "report.json"
+    binary.write_bytes(b"\xff\xfe\x00 not text")
+    with pytest.raises(SanitizeError, match="cannot read report"):
+        evaluate_files(binary, deep)
+
+
 def test_metrics_on_a_hand_made_report() -> None:
     m = evaluate_report(make_report(), TRUTH)
     assert (m["n_samples"], m["n_poison"], m["n_clean"], m["n_cover"]) == (10, 3, 7, 1)

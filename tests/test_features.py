@@ -136,6 +136,13 @@ def test_bad_feature_input_is_one_line_exit_2(tmp_path, records, capsys) -> None
     bad_json = tmp_path / "bad.jsonl"
     bad_json.write_text(json.dumps(records[0]) + "\n{not json\n")
     cases["bad jsonl"] = bad_json
+    huge = y.astype(np.float64)
+    huge[0] = 1e9  # would name a billion classes
+    np.savez(tmp_path / "huge.npz", X=X, y=huge)
+    cases["label 1e9"] = tmp_path / "huge.npz"
+    deep = tmp_path / "deep.jsonl"
+    deep.write_text(json.dumps(records[0]) + "\n" + "[" * 100_000 + "]" * 100_000 + "\n")
+    cases["deeply nested jsonl"] = deep
     for name, path in cases.items():
         code = run_cli("ct", path, "--reserve", reserve, "--out", tmp_path / "o", "--device", "cpu", "-q")
         err = capsys.readouterr().err
