@@ -36,11 +36,20 @@ def _check_out_file(out: Path, inputs: list[Path], force: bool, suffix: str, opt
         src = Path(src).expanduser().resolve()
         if out == src or (src.is_dir() and out.is_relative_to(src)):
             raise SanitizeError(f"{option} {out} is inside the input {src}; choose a path outside it")
+    if out.is_dir():
+        raise SanitizeError(f"{option} {out} is a folder; expected a {suffix} file name")
     if out.exists() and not force:
         raise SanitizeError(f"{option} {out} already exists (use --force to replace it)")
     if not out.parent.is_dir():
         raise SanitizeError(f"{option} {out}: parent folder {out.parent} does not exist")
     return out
+
+
+def _user_mode() -> int:
+    """``0o666`` less the process umask: the mode ``open()`` would give a new file."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 def _atomic_write(path: Path, write) -> None:
@@ -49,6 +58,7 @@ def _atomic_write(path: Path, write) -> None:
     os.close(fd)
     try:
         write(Path(tmp))
+        os.chmod(tmp, _user_mode())  # mkstemp makes 0600 files; outputs follow the umask like any other
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -75,6 +85,8 @@ def features_command(
         raise SanitizeError(f"{inputs}: no such file or folder")
     out = _check_out_file(out, [inputs], force, ".jsonl", "--out")
     vec = _check_out_file(vectors, [inputs], force, ".npz", "--vectors") if vectors is not None else None
+    skipped_path = _check_out_file(out.with_name(out.stem + ".skipped.csv"), [inputs], force, ".csv",
+                                   "the skip list beside --out,")
     try:
         import lief  # noqa: F401
     except ImportError:
@@ -96,7 +108,6 @@ def features_command(
                 f.write(json.dumps(r, separators=(",", ":")) + "\n")
 
     _atomic_write(out, write_jsonl)
-    skipped_path = out.with_name(out.stem + ".skipped.csv")
 
     def write_skipped(tmp: Path) -> None:
         with open(tmp, "w", encoding="utf-8", newline="") as f:

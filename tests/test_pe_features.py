@@ -73,3 +73,33 @@ def test_features_from_real_pe_files(tmp_path) -> None:
 def test_features_refuses_bad_output(tmp_path) -> None:
     assert run_cli("features", tmp_path / "missing", "--out", tmp_path / "f.jsonl") == 2
     assert run_cli("features", tmp_path, "--out", tmp_path / "f.csv") == 2
+
+
+def test_features_never_writes_over_what_the_user_owns(tmp_path, capsys) -> None:
+    """The skip list beside --out is checked like --out; a folder at --out is refused even with --force."""
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    (inputs / "notes.txt").write_text("not a PE file")
+    own = tmp_path / "f.skipped.csv"
+    own.write_text("mine")
+    assert run_cli("features", inputs, "--out", tmp_path / "f.jsonl", "-q") == 2
+    assert own.read_text() == "mine" and not (tmp_path / "f.jsonl").exists()
+    (tmp_path / "d.jsonl").mkdir()
+    assert run_cli("features", inputs, "--out", tmp_path / "d.jsonl", "--force", "-q") == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(errors) == 2 and "skip list" in errors[0] and "is a folder" in errors[1]
+
+
+def test_features_outputs_follow_the_umask(tmp_path) -> None:
+    import os
+
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    (inputs / "notes.txt").write_text("not a PE file")
+    old = os.umask(0o022)
+    try:
+        assert run_cli("features", inputs, "--out", tmp_path / "f.jsonl", "-q") == 0
+    finally:
+        os.umask(old)
+    assert (tmp_path / "f.jsonl").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "f.skipped.csv").stat().st_mode & 0o777 == 0o644
