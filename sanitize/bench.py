@@ -25,8 +25,6 @@ import hashlib
 import html
 import json
 import math
-import os
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -45,6 +43,7 @@ from .engine import infer
 from .errors import SanitizeError
 from .evaluate import Truth, evaluate_report
 from .model_cache import content_hash, trained_model
+from .output import atomic_write
 from .progress import Progress, Silent
 from .report import build_report
 
@@ -89,16 +88,9 @@ class BenchConfig:
         return ATTACK_INFO[attack].default_rate if self.rate is None else self.rate
 
 
-def _atomic_write(path: Path, text: str) -> None:
+def _write_text(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 def detector_kwargs(name: str, config: BenchConfig, seed: int, progress: Progress) -> dict[str, Any]:
@@ -163,7 +155,7 @@ class Bench:
                                                        target=self.config.target, seed=seed)
                         self.log(f"{attack} x {detector} x seed {seed}: running")
                         cell = self.run_cell(poisoned, attack, detector, seed)
-                        _atomic_write(self.cell_path(attack, detector, seed), json.dumps(cell, indent=1) + "\n")
+                        _write_text(self.cell_path(attack, detector, seed), json.dumps(cell, indent=1) + "\n")
                         self.computed.append(self.cell_path(attack, detector, seed).name)
                     else:
                         self.log(f"{attack} x {detector} x seed {seed}: done earlier, skipped")
@@ -312,9 +304,9 @@ def html_report(bench: dict[str, Any]) -> str:
 
 
 def write_outputs(bench: dict[str, Any], out: Path) -> None:
-    _atomic_write(out / "bench.json", json.dumps(bench, indent=1, default=str) + "\n")
-    _atomic_write(out / "bench.md", markdown_table(bench))
-    _atomic_write(out / "bench.html", html_report(bench))
+    _write_text(out / "bench.json", json.dumps(bench, indent=1, default=str) + "\n")
+    _write_text(out / "bench.md", markdown_table(bench))
+    _write_text(out / "bench.html", html_report(bench))
 
 
 def run_bench(clean: ImageDataset, reserve: ImageDataset, test: ImageDataset, out: str | Path, config: BenchConfig,

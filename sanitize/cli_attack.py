@@ -27,7 +27,7 @@ from .data import ImageDataset, load_image_folder, load_like
 from .domains import SEED_RANGE
 from .errors import SanitizeError
 from .evaluate import evaluate_files, format_metric
-from .output import check_out_dir, staged_output, write_image_subset
+from .output import atomic_write, check_out_dir, staged_output, write_image_subset
 from .report import library_versions
 
 POISON_SCHEMA_VERSION = 1
@@ -315,6 +315,18 @@ def print_attack_summary(record: dict[str, Any], out: Path, test_out: Path | Non
     stdout.print(table)
 
 
+def check_json_out(json_out: Path, inputs: list[Path]) -> None:
+    """Refuse a ``--json`` path that is a folder or one of the inputs (it would be overwritten)."""
+    if json_out.is_dir():
+        raise SanitizeError(f"--json {json_out} is a folder; give a file name")
+    target = json_out.expanduser().resolve()
+    for path in inputs:
+        if path.expanduser().resolve() == target:
+            raise SanitizeError(f"--json {json_out} is an input of this command; choose another file name")
+    if not target.parent.is_dir():
+        raise SanitizeError(f"--json {json_out}: parent folder {target.parent} does not exist")
+
+
 def evaluate_command(
     report: Annotated[Path, typer.Argument(help="report.json of a detector run (or its output folder).")],
     truth: Annotated[Path, typer.Option("--truth", help="poison.json from `sanitize attack`, or a JSON/text "
@@ -324,12 +336,12 @@ def evaluate_command(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No table.")] = False,
 ) -> int:
     """Score a detector report against the ground truth: TPR, FPR, precision, AUROC."""
+    if json_out is not None:
+        check_json_out(json_out, [report, report / "report.json", truth])
     metrics = evaluate_files(report, truth)
     if json_out is not None:
-        if json_out.is_dir():
-            raise SanitizeError(f"--json {json_out} is a folder; give a file name")
         try:
-            json_out.write_text(json.dumps(metrics, indent=1) + "\n", encoding="utf-8")
+            atomic_write(json_out, lambda tmp: tmp.write_text(json.dumps(metrics, indent=1) + "\n", encoding="utf-8"))
         except OSError as exc:
             raise SanitizeError(f"--json {json_out}: cannot write ({exc})") from None
     if not quiet:

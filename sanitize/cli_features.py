@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -19,7 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .errors import SanitizeError
-from .output import check_out_dir, staged_output
+from .output import atomic_write, check_out_dir, staged_output
 
 stdout = Console()
 
@@ -43,26 +41,6 @@ def _check_out_file(out: Path, inputs: list[Path], force: bool, suffix: str, opt
     if not out.parent.is_dir():
         raise SanitizeError(f"{option} {out}: parent folder {out.parent} does not exist")
     return out
-
-
-def _user_mode() -> int:
-    """``0o666`` less the process umask: the mode ``open()`` would give a new file."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
-
-
-def _atomic_write(path: Path, write) -> None:
-    """Write via a temporary file in the same folder, then rename (never a half-written file)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.chmod(tmp, _user_mode())  # mkstemp makes 0600 files; outputs follow the umask like any other
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def features_command(
@@ -107,7 +85,7 @@ def features_command(
             for r in records:
                 f.write(json.dumps(r, separators=(",", ":")) + "\n")
 
-    _atomic_write(out, write_jsonl)
+    atomic_write(out, write_jsonl)
 
     def write_skipped(tmp: Path) -> None:
         with open(tmp, "w", encoding="utf-8", newline="") as f:
@@ -115,12 +93,12 @@ def features_command(
             writer.writerow(["path", "reason"])
             writer.writerows(skipped)
 
-    _atomic_write(skipped_path, write_skipped)
+    atomic_write(skipped_path, write_skipped)
     if vec is not None:
         X = ember.vectorize(records, 2)
         ids = np.array([r["sha256"] for r in records])
         y = np.full(len(records), label, dtype=np.float32)
-        _atomic_write(vec, lambda tmp: _save_npz(tmp, X=X, y=y, sha256=ids))
+        atomic_write(vec, lambda tmp: _save_npz(tmp, X=X, y=y, sha256=ids))
     if not quiet:
         table = Table(title="sanitize features", show_header=False)
         table.add_row("extracted", f"{len(records)} PE file(s) -> {out}")

@@ -51,6 +51,30 @@ def check_out_dir(out: Path, inputs: Iterable[Path | None], force: bool) -> Path
     return out
 
 
+def user_file_mode() -> int:
+    """``0o666`` less the process umask: the mode ``open()`` would give a new file."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
+    """Write one file via a temporary file in the same folder, then rename: never a half-written file.
+
+    ``write`` fills the temporary path it is given. The file gets the mode ``open()`` would give
+    it (``mkstemp`` makes 0600 files).
+    """
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.chmod(tmp, user_file_mode())  # mkstemp makes 0600 files; outputs follow the umask like any other
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 @contextmanager
 def staged_output(out: Path) -> Iterator[Path]:
     """Yield a staging folder; on success move it to ``out`` atomically, else remove it."""

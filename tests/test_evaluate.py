@@ -139,3 +139,17 @@ def test_poison_json_paths_match_a_report_on_the_poisoned_folder(tmp_path: Path)
     m = evaluate_report({"summary": {}, "samples": samples}, truth)
     assert (m["tpr"], m["fpr"], m["precision"], m["auroc"]) == (1.0, 0.0, 1.0, 1.0)
     assert m["n_cover"] == 30 and m["n_clean"] == 285
+
+
+def test_cli_json_never_overwrites_an_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run_dir = tmp_path / "cleaned"
+    run_dir.mkdir()
+    report = run_dir / "report.json"
+    report.write_text(json.dumps(make_report()))
+    truth = tmp_path / "poison.json"
+    truth.write_text(json.dumps({"poison": TRUTH.poison, "cover": TRUTH.cover}))
+    before = report.read_bytes(), truth.read_bytes()
+    for source, json_out in ((run_dir, report), (report, report), (report, truth)):
+        assert run_cli(["evaluate", str(source), "--truth", str(truth), "--json", str(json_out)]) == 2
+        assert "is an input" in capsys.readouterr().err
+    assert (report.read_bytes(), truth.read_bytes()) == before
