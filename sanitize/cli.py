@@ -186,7 +186,7 @@ def run_detector(detect: Detect, data_dir: Path, reserve_dir: Path | None, opts:
     report = build_report(data, result)
     verdict = gate(report["summary"], opts.max_flagged_fraction, opts.fail_on_detect)
     report["summary"]["gate"] = verdict
-    with staged_output(out) as staging:
+    with staged_output(out, opts.force) as staging:
         write_kept(data, result.kept_indices, staging)
         write_report(report, staging)
         if opts.html:
@@ -276,9 +276,13 @@ def demo_command(
     from .attacks import badnet
     from .detectors.ct import ConfusionTraining
 
-    root = Path(out) if out else Path(tempfile.mkdtemp(prefix="sanitize-demo-"))
+    if not 0.0 <= rate < 1.0:  # nan included; checked before anything is created
+        raise SanitizeError(f"--rate {rate}: expected a fraction in [0, 1)")
+    if out and out.exists() and not out.is_dir():
+        raise SanitizeError(f"--out {out} exists and is not a folder")
     if out and out.exists() and any(out.iterdir()):
         raise SanitizeError(f"--out {out} exists and is not empty")
+    root = Path(out) if out else Path(tempfile.mkdtemp(prefix="sanitize-demo-"))
     root.mkdir(parents=True, exist_ok=True)
     inspected, reserve = examples.split_reserve(examples.digits(), 0.25, seed=seed)
     poisoned = badnet(inspected, rate, target=0, seed=seed)

@@ -234,7 +234,7 @@ def attack_command(
     test_set = load_test_folder(Path(test), data) if test is not None else None
     triggered = apply_trigger_to_test(poisoned, test_set) if test_set is not None else None
 
-    with staged_output(out) as staging:
+    with staged_output(out, force) as staging:
         paths = write_poisoned(data, poisoned, staging)
         trigger_files = []
         for k, s in enumerate(poisoned.stamps):
@@ -248,7 +248,7 @@ def attack_command(
         record = poison_record(data, poisoned, paths, trigger_files, test_info, trigger)
         (staging / "poison.json").write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
         if triggered is not None and test_dest is not None:
-            with staged_output(test_dest) as test_staging:
+            with staged_output(test_dest, force) as test_staging:
                 written = write_triggered_test(triggered, test_staging)
                 test_record = {"attack": name, "target": target_index, "target_class": data.classes[target_index],
                                "source": poisoned.source, "seed": seed, "poisoned_set": str(out),

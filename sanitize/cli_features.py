@@ -146,7 +146,7 @@ def feature_attack(name: str, clean: Path, out_dir: Path, rate: float | None, ta
         "poison": [ids[i] for i in poisoned.poison_indices.tolist()], "cover": [],
         "notes": list(data.notes), "versions": library_versions(),
     }
-    with staged_output(out) as staging:
+    with staged_output(out, force) as staging:
         files = write_features(poisoned.dataset, np.arange(len(data)), staging)
         record["files"] = files
         (staging / "poison.json").write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
@@ -48,7 +49,17 @@ def check_out_dir(out: Path, inputs: Iterable[Path | None], force: bool) -> Path
         raise SanitizeError(f"--out {out} exists and is not a folder")
     if not out.parent.is_dir():
         raise SanitizeError(f"--out {out}: parent folder {out.parent} does not exist")
+    _probe_staging(out)
     return out
+
+
+def _probe_staging(out: Path) -> None:
+    """Create and remove the staging folder the run will need, so that a read-only parent or a
+    name too long for the file system is found before the work, not after it."""
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=f".{out.name}.staging-", dir=out.parent))
+    except OSError as exc:
+        raise SanitizeError(f"--out {out}: cannot write in {out.parent} ({exc.strerror or exc})") from None
 
 
 def user_file_mode() -> int:
@@ -76,12 +87,22 @@ def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
 
 
 @contextmanager
-def staged_output(out: Path) -> Iterator[Path]:
-    """Yield a staging folder; on success move it to ``out`` atomically, else remove it."""
+def staged_output(out: Path, force: bool = False) -> Iterator[Path]:
+    """Yield a staging folder; on success move it to ``out`` atomically, else remove it.
+
+    An ``out`` that exists when the results are ready is replaced only with ``force``: without
+    it, ``out`` appeared while the run was going (a second run, the user), and it is left as it
+    is; the results are moved beside it under a visible name and the run fails saying where.
+    """
     out = Path(out)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-", dir=out.parent))
     try:
         yield staging
+        if out.exists() and not force:
+            kept = out.with_name(f"{out.name}.sanitize-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
+            os.replace(staging, kept)
+            raise SanitizeError(f"--out {out} appeared while this run was going; it was left as it is, and "
+                                f"this run's results are in {kept}")
         if out.exists():
             retired = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
             os.replace(out, retired / "old")

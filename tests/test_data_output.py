@@ -79,7 +79,7 @@ def test_staged_output_is_atomic(tmp_path) -> None:
     assert not out.exists() and list(tmp_path.iterdir()) == []
     out.mkdir()
     (out / "old.txt").write_text("old")
-    with staged_output(out) as staging:
+    with staged_output(out, force=True) as staging:
         (staging / "new.txt").write_text("new")
     assert sorted(p.name for p in out.iterdir()) == ["new.txt"]
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
@@ -92,3 +92,25 @@ def test_cleaned_files_are_hard_links(tmp_path) -> None:
     write_image_subset(data, [0], tmp_path / "clean")
     assert (tmp_path / "clean" / "b").is_dir() and not list((tmp_path / "clean" / "b").iterdir())
     assert os.stat(tmp_path / "clean" / "a" / "x.png").st_ino == os.stat(tmp_path / "data" / "a" / "x.png").st_ino
+
+
+def test_an_out_that_appears_during_the_run_is_left_alone(tmp_path) -> None:
+    """A second run (or the user) creating --out meanwhile keeps it; this run's results go beside it."""
+    out = tmp_path / "out"
+    with pytest.raises(SanitizeError, match="appeared while this run was going"), staged_output(out) as staging:
+        (staging / "report.json").write_text("{}")
+        out.mkdir()
+        (out / "mine.txt").write_text("mine")
+    assert [p.name for p in out.iterdir()] == ["mine.txt"]
+    kept = [p for p in tmp_path.iterdir() if p.name.startswith("out.sanitize-")]
+    assert len(kept) == 1 and (kept[0] / "report.json").exists()
+    assert not [p for p in tmp_path.iterdir() if ".staging-" in p.name]
+    with staged_output(out, force=True) as staging:  # --force replaces it
+        (staging / "report.json").write_text("{}")
+    assert [p.name for p in out.iterdir()] == ["report.json"]
+
+
+def test_an_out_that_cannot_be_staged_is_refused_before_any_work(tmp_path) -> None:
+    with pytest.raises(SanitizeError, match="cannot write in"):
+        check_out_dir(tmp_path / ("x" * 250), [], force=False)  # the staging name exceeds the limit
+    assert list(tmp_path.iterdir()) == []

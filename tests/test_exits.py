@@ -95,3 +95,14 @@ def test_every_command_refuses_a_seed_outside_the_range_before_any_work(inputs, 
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith("error:") and "--seed" in err
     assert not (inputs / "out").exists()
+
+
+@pytest.mark.parametrize("case", ["rate nan", "out is a file"])
+def test_demo_refuses_bad_options_before_creating_anything(tmp_path, capsys, case: str) -> None:
+    out = tmp_path / "demo"
+    if case == "out is a file":
+        out.write_text("mine")
+    args = ["demo", "--out", out, "-q"] + (["--rate", "nan"] if case == "rate nan" else [])
+    assert run_cli(*args) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
+    assert (out.read_text() == "mine") if case == "out is a file" else not out.exists()
