@@ -202,7 +202,7 @@ def attack_command(
     constrained: Annotated[bool, typer.Option(
         "--constrained", help="ember-explanation: only the 17 features a real PE file can change.")] = False,
     trigger_size: Annotated[int | None, typer.Option(
-        "--trigger-size", help="ember-explanation: trigger features (default 17 constrained, 32 otherwise).")
+        "--trigger-size", min=1, help="ember-explanation: trigger features (default 17 constrained, 32 otherwise).")
                             ] = None,
     fmt: Annotated[str, typer.Option("--format", help="ember-explanation input: auto, ember, npz or jsonl.")
                    ] = "auto",

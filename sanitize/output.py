@@ -62,11 +62,21 @@ def _probe_staging(out: Path) -> None:
         raise SanitizeError(f"--out {out}: cannot write in {out.parent} ({exc.strerror or exc})") from None
 
 
-def user_file_mode() -> int:
-    """``0o666`` less the process umask: the mode ``open()`` would give a new file."""
+def _umask() -> int:
+    """The process umask (reading it means setting it; it is put back at once)."""
     umask = os.umask(0)
     os.umask(umask)
-    return 0o666 & ~umask
+    return umask
+
+
+def user_dir_mode() -> int:
+    """``0o777`` less the umask: the mode ``mkdir`` would give a new folder."""
+    return 0o777 & ~_umask()
+
+
+def user_file_mode() -> int:
+    """``0o666`` less the umask: the mode ``open()`` would give a new file."""
+    return 0o666 & ~_umask()
 
 
 def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
@@ -97,6 +107,7 @@ def staged_output(out: Path, force: bool = False) -> Iterator[Path]:
     out = Path(out)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-", dir=out.parent))
     try:
+        os.chmod(staging, user_dir_mode())  # mkdtemp makes it 0700; --out is an ordinary folder
         yield staging
         if out.exists() and not force:
             kept = out.with_name(f"{out.name}.sanitize-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")

@@ -114,3 +114,13 @@ def test_an_out_that_cannot_be_staged_is_refused_before_any_work(tmp_path) -> No
     with pytest.raises(SanitizeError, match="cannot write in"):
         check_out_dir(tmp_path / ("x" * 250), [], force=False)  # the staging name exceeds the limit
     assert list(tmp_path.iterdir()) == []
+
+
+def test_out_follows_the_umask(tmp_path) -> None:
+    old = os.umask(0o022)
+    try:
+        with staged_output(tmp_path / "out") as staging:
+            (staging / "report.json").write_text("{}")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "out").stat().st_mode & 0o777 == 0o755  # not mkdtemp's 0700
