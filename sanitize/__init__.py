@@ -10,10 +10,28 @@ Python API (the CLI is a thin layer over it)::
 
 __version__ = "0.1.0"
 
-from .data import ImageDataset, from_arrays, load_image_folder, load_reserve  # noqa: E402
-from .detectors.asset import ASSET, asset  # noqa: E402
-from .detectors.ct import ConfusionTraining, ct  # noqa: E402
-from .result import DetectionResult  # noqa: E402
+# The public names load on first use (PEP 562), so that importing a light submodule (the console
+# script's door, ``sanitize.exits``) does not load torch.
+_EXPORTS = {
+    "ImageDataset": ".data", "from_arrays": ".data", "load_image_folder": ".data", "load_reserve": ".data",
+    "ASSET": ".detectors.asset", "asset": ".detectors.asset",
+    "ConfusionTraining": ".detectors.ct", "ct": ".detectors.ct",
+    "DetectionResult": ".result",
+}
 
 __all__ = ["ASSET", "ConfusionTraining", "asset", "DetectionResult", "ImageDataset", "ct", "from_arrays",
            "load_image_folder", "load_reserve", "__version__"]
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        from importlib import import_module
+
+        value = getattr(import_module(_EXPORTS[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -106,3 +106,19 @@ def test_demo_refuses_bad_options_before_creating_anything(tmp_path, capsys, cas
     assert run_cli(*args) == 2
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
     assert (out.read_text() == "mine") if case == "out is a file" else not out.exists()
+
+
+@pytest.mark.parametrize(("name", "code", "line"), [("SIGINT", 130, "interrupted: nothing was written"),
+                                                     ("SIGTERM", 143, "terminated by SIGTERM: nothing was written")])
+def test_a_signal_while_the_command_line_loads_is_one_line(name: str, code: int, line: str) -> None:
+    """Loading torch takes seconds; the console script's door turns a signal then into one line too."""
+    import subprocess
+    import sys
+    import time
+
+    script = "import sys; from sanitize.entry import main; sys.argv = ['sanitize', '--help']; main()"
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(0.6)  # the door is in (tens of ms), torch is not yet (over a second)
+    proc.send_signal(getattr(signal, name))
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == code and err.strip() == line and "Usage" not in out

@@ -1,0 +1,26 @@
+"""The ``sanitize`` console script: a small door in front of :func:`sanitize.cli.main`.
+
+Importing the command line loads torch, torchvision and the detectors, which takes seconds.
+A Ctrl-C or a termination signal in those seconds would otherwise end in a traceback and
+Python's exit code 1, the code of a failed gate; here it is one line and 130 / 128 + signal,
+like an interrupt during the run.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from .exits import Terminated, catch_termination
+
+
+def main() -> None:
+    catch_termination()
+    try:
+        from .cli import main as run
+    except KeyboardInterrupt:
+        print("interrupted: nothing was written", file=sys.stderr)
+        sys.exit(130)
+    except Terminated as exc:
+        print(f"terminated by {exc.name}: nothing was written", file=sys.stderr)
+        sys.exit(exc.exit_code)
+    run()
