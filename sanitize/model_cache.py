@@ -24,7 +24,6 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -36,6 +35,7 @@ from .devices import seed_everything
 from .engine import Preprocess, TrainSpec, infer, train_supervised
 from .errors import SanitizeError
 from .models import Classifier, build_model, default_arch
+from .output import atomic_write
 from .progress import Progress, Silent
 
 CACHE_FORMAT = 1
@@ -101,14 +101,7 @@ class TrainedModel:
 
 def _atomic_save(obj: dict, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 def _load(path: Path, device: torch.device) -> dict | None:
