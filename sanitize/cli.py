@@ -367,6 +367,8 @@ def main(argv: list[str] | None = None) -> None:
         message = _usage_error_message(exc)
         if message is None:
             _crash(exc)
+        if not message.strip():  # bare ``sanitize``: the usage was printed, there is nothing to add
+            sys.exit(EXIT_BAD_INPUT)
         _fail(message)
     sys.exit(code if isinstance(code, int) else 0)
 

@@ -122,3 +122,9 @@ def test_a_signal_while_the_command_line_loads_is_one_line(name: str, code: int,
     proc.send_signal(getattr(signal, name))
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == code and err.strip() == line and "Usage" not in out
+
+
+def test_bare_sanitize_prints_the_usage_and_no_empty_error_line(capsys) -> None:
+    assert run_cli() == 2
+    captured = capsys.readouterr()
+    assert "Usage" in captured.out and captured.err.strip() == ""
