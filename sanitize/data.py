@@ -104,6 +104,11 @@ def from_arrays(images: np.ndarray, labels: np.ndarray, classes: Sequence[str],
     return ImageDataset(tensor, torch.from_numpy(labels), list(classes), list(paths))
 
 
+def _unreadable(exc: OSError) -> None:
+    """A folder that cannot be listed stops the run: read as empty, it would drop a class silently."""
+    raise SanitizeError(f"{exc.filename}: cannot read folder ({exc.strerror or exc})")
+
+
 def list_image_folder(root: Path) -> tuple[list[str], list[tuple[str, int]]]:
     """Class names (sorted sub-folder names) and ``(relative path, class index)`` per image.
 
@@ -113,10 +118,13 @@ def list_image_folder(root: Path) -> tuple[list[str], list[tuple[str, int]]]:
     root = Path(root)
     if not root.is_dir():
         raise SanitizeError(f"{root}: not a directory")
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    try:
+        classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    except OSError as exc:
+        _unreadable(exc)
     entries: list[tuple[str, int]] = []
     for index, name in enumerate(classes):
-        for dirpath, dirnames, filenames in os.walk(root / name):
+        for dirpath, dirnames, filenames in os.walk(root / name, onerror=_unreadable):
             dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
             for filename in sorted(filenames):
                 if filename.startswith(".") or Path(filename).suffix.lower() not in IMAGE_SUFFIXES:

@@ -124,3 +124,18 @@ def test_out_follows_the_umask(tmp_path) -> None:
     finally:
         os.umask(old)
     assert (tmp_path / "out").stat().st_mode & 0o777 == 0o755  # not mkdtemp's 0700
+
+
+def test_an_unreadable_class_folder_stops_the_run(tmp_path, monkeypatch) -> None:
+    save(tmp_path / "data" / "a" / "x.png", np.zeros((8, 8), np.uint8))
+    save(tmp_path / "data" / "b" / "y.png", np.ones((8, 8), np.uint8))
+    real_scandir = os.scandir
+
+    def scandir(path="."):
+        if Path(path).name == "b":  # as if its permissions forbade reading it (root ignores chmod)
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    with pytest.raises(SanitizeError, match="b: cannot read folder"):
+        load_image_folder(tmp_path / "data")
