@@ -35,9 +35,12 @@ from .exits import (  # noqa: F401 -- EXIT_* are part of this module's interface
     EXIT_CLEAN,
     EXIT_FLAGGED,
     EXIT_INTERNAL,
+    EXIT_INTERRUPTED,
+    INTERRUPTED,
     Terminated,
     catch_termination,
     crash_line,
+    stopped,
     write_crash_log,
 )
 from .features import FORMATS, FeatureDataset, detect_format, load_feature_reserve, load_features, write_features
@@ -351,19 +354,17 @@ def main(argv: list[str] | None = None) -> None:
         code = app(args=argv, standalone_mode=False)
     except SanitizeError as exc:
         _fail(str(exc))
-    except KeyboardInterrupt:
-        stderr.print("interrupted: nothing was written", markup=False)
-        sys.exit(130)
-    except Terminated as exc:
-        stderr.print(f"terminated by {exc.name}: nothing was written", markup=False)
-        sys.exit(exc.exit_code)
+    except (KeyboardInterrupt, Terminated) as exc:
+        line, code = stopped(exc)
+        stderr.print(line, markup=False)
+        sys.exit(code)
     except Exception as exc:
         kind = type(exc).__name__
         if kind == "Exit":
             sys.exit(getattr(exc, "exit_code", 0))
         if kind == "Abort":
-            stderr.print("interrupted: nothing was written", markup=False)
-            sys.exit(130)
+            stderr.print(INTERRUPTED, markup=False)
+            sys.exit(EXIT_INTERRUPTED)
         message = _usage_error_message(exc)
         if message is None:
             _crash(exc)

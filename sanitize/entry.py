@@ -10,17 +10,15 @@ from __future__ import annotations
 
 import sys
 
-from .exits import Terminated, catch_termination
+from .exits import Terminated, catch_termination, stopped
 
 
 def main() -> None:
     catch_termination()
     try:
         from .cli import main as run
-    except KeyboardInterrupt:
-        print("interrupted: nothing was written", file=sys.stderr)
-        sys.exit(130)
-    except Terminated as exc:
-        print(f"terminated by {exc.name}: nothing was written", file=sys.stderr)
-        sys.exit(exc.exit_code)
+    except (KeyboardInterrupt, Terminated) as exc:
+        line, code = stopped(exc)
+        print(line, file=sys.stderr)
+        sys.exit(code)
     run()

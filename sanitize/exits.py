@@ -38,6 +38,17 @@ class Terminated(BaseException):  # noqa: N818 -- a signal, like KeyboardInterru
         return 128 + self.signum
 
 
+INTERRUPTED = "interrupted: nothing was written"
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for Ctrl-C
+
+
+def stopped(exc: KeyboardInterrupt | Terminated) -> tuple[str, int]:
+    """The one line and the exit code of a run stopped by Ctrl-C or a termination signal."""
+    if isinstance(exc, Terminated):
+        return f"terminated by {exc.name}: nothing was written", exc.exit_code
+    return INTERRUPTED, EXIT_INTERRUPTED
+
+
 def _raise_terminated(signum: int, _frame) -> None:
     raise Terminated(signum)
 
