@@ -45,7 +45,7 @@ from .exits import (  # noqa: F401 -- EXIT_* are part of this module's interface
 )
 from .features import FORMATS, FeatureDataset, detect_format, load_feature_reserve, load_features, write_features
 from .html_report import write_html_report
-from .output import check_out_dir, staged_output, write_image_subset
+from .output import claim_out_dir, staged_output, write_image_subset
 from .progress import Progress, RichProgress, Silent
 from .report import build_report, read_report, write_report
 from .result import DetectionResult
@@ -179,26 +179,33 @@ def write_html(report: dict, data: Dataset, directory: Path) -> None:
 
 
 def run_detector(detect: Detect, data_dir: Path, reserve_dir: Path | None, opts: RunOptions) -> int:
-    """load -> detect -> decide -> write, shared by every detector command (``reserve_dir`` may be None)."""
-    out = check_out_dir(opts.out, [data_dir, reserve_dir], opts.force)
+    """load -> detect -> decide -> write, shared by every detector command (``reserve_dir`` may be None).
+
+    ``--out`` is checked and locked before the inputs are read, and stays locked until the results
+    are in place, so a second run to the same folder is refused at once."""
+    with claim_out_dir(opts.out, [data_dir, reserve_dir], opts.force) as out:
+        report = _detect_and_write(detect, data_dir, reserve_dir, opts, out)
+    if opts.json_only:
+        print(json.dumps({"summary": report["summary"], "out": str(out)}))
+    elif not (opts.quiet or opts.json_only):
+        print_summary(report, out)
+    return report["summary"]["gate"]["exit_code"]
+
+
+def _detect_and_write(detect: Detect, data_dir: Path, reserve_dir: Path | None, opts: RunOptions,
+                      out: Path) -> dict:
     data, reserve = load_inputs(data_dir, reserve_dir, opts)
-    quiet = opts.quiet or opts.json_only
-    bars = RichProgress() if not quiet else nullcontext(Silent())
+    bars = RichProgress() if not (opts.quiet or opts.json_only) else nullcontext(Silent())
     with bars as progress:
         result = detect(data, reserve, progress)
     report = build_report(data, result)
-    verdict = gate(report["summary"], opts.max_flagged_fraction, opts.fail_on_detect)
-    report["summary"]["gate"] = verdict
+    report["summary"]["gate"] = gate(report["summary"], opts.max_flagged_fraction, opts.fail_on_detect)
     with staged_output(out, opts.force) as staging:
         write_kept(data, result.kept_indices, staging)
         write_report(report, staging)
         if opts.html:
             write_html(report, data, staging)
-    if opts.json_only:
-        print(json.dumps({"summary": report["summary"], "out": str(out)}))
-    elif not quiet:
-        print_summary(report, out)
-    return verdict["exit_code"]
+    return report
 
 
 def print_summary(report: dict, out: Path) -> None:

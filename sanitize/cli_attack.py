@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from contextlib import ExitStack
 from pathlib import Path, PurePosixPath
 from typing import Annotated, Any
 
@@ -27,7 +28,7 @@ from .data import ImageDataset, load_image_folder, load_like
 from .domains import SEED_RANGE
 from .errors import SanitizeError
 from .evaluate import evaluate_files, format_metric
-from .output import atomic_write, check_out_dir, staged_output, write_image_subset
+from .output import atomic_write, claim_out_dir, staged_output, write_image_subset
 from .report import library_versions
 
 POISON_SCHEMA_VERSION = 1
@@ -128,14 +129,6 @@ def load_test_folder(root: Path, data: ImageDataset) -> ImageDataset:
     return load_like(root, data, "--test")
 
 
-def _check_out(path: Path, inputs: list[Path | None], force: bool, option: str) -> Path:
-    """:func:`check_out_dir` with the messages naming this command's option."""
-    try:
-        return check_out_dir(path, inputs, force)
-    except SanitizeError as exc:
-        raise SanitizeError(str(exc).replace("--out", option, 1)) from None
-
-
 def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -208,7 +201,6 @@ def attack_command(
                    ] = "auto",
 ) -> int:
     """Poison CLEAN_DIR with a backdoor attack into OUT_DIR and record the ground truth in poison.json."""
-    from .cli import parse_size
 
     name = name.lower()
     if name in FEATURE_ATTACK_INFO:
@@ -224,8 +216,24 @@ def attack_command(
     if constrained or trigger_size is not None or fmt != "auto":
         raise SanitizeError(f"--constrained, --trigger-size and --format apply to feature attacks, not {name}")
     check_options(name, rate, cover_rate, source, cover_classes, trigger, mask, test, test_out, seed)
-    out = _check_out(out_dir, [clean_dir, test], force, "OUT_DIR")
-    test_dest = _check_out(test_out, [clean_dir, test, out], force, "--test-out") if test_out is not None else None
+    with ExitStack() as claims:  # both folders checked and locked before any work, until the results are in place
+        out = claims.enter_context(claim_out_dir(out_dir, [clean_dir, test], force, "OUT_DIR"))
+        test_dest = (claims.enter_context(claim_out_dir(test_out, [clean_dir, test, out], force, "--test-out"))
+                     if test_out is not None else None)
+        record = _poison_and_write(name, clean_dir, out, target, seed, rate, cover_rate, source, cover_classes,
+                                   trigger, mask, test, test_dest, size, force)
+    if not quiet:
+        print_attack_summary(record, out, test_dest)
+    return 0
+
+
+def _poison_and_write(name: str, clean_dir: Path, out: Path, target: str, seed: int, rate: float | None,
+                      cover_rate: float | None, source: str | None, cover_classes: str | None, trigger: Path | None,
+                      mask: Path | None, test: Path | None, test_dest: Path | None, size: str | None,
+                      force: bool) -> dict:
+    """Poison the clean folder and write OUT_DIR (and the triggered test copy); the poison.json record."""
+    from .cli import parse_size
+
     data = load_image_folder(clean_dir, size=parse_size(size))
     target_index = resolve_class(target, data.classes, "--target")
     stamp = load_trigger(trigger, data.channels, mask) if trigger is not None else None
@@ -248,16 +256,14 @@ def attack_command(
         record = poison_record(data, poisoned, paths, trigger_files, test_info, trigger)
         (staging / "poison.json").write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
         if triggered is not None and test_dest is not None:
-            with staged_output(test_dest, force) as test_staging:
+            with staged_output(test_dest, force, "--test-out") as test_staging:
                 written = write_triggered_test(triggered, test_staging)
                 test_record = {"attack": name, "target": target_index, "target_class": data.classes[target_index],
                                "source": poisoned.source, "seed": seed, "poisoned_set": str(out),
                                "images": written}
                 (test_staging / "triggered.json").write_text(json.dumps(test_record, indent=1) + "\n",
                                                              encoding="utf-8")
-    if not quiet:
-        print_attack_summary(record, out, test_dest)
-    return 0
+    return record
 
 
 def poison_record(data: ImageDataset, poisoned: PoisonedSet, paths: list[str], trigger_files: list[str],

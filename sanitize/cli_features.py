@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .errors import SanitizeError
-from .output import atomic_write, check_out_dir, staged_output
+from .output import atomic_write, claim_out_dir, staged_output
 
 stdout = Console()
 
@@ -119,17 +119,37 @@ def _save_npz(tmp: Path, **arrays: np.ndarray) -> None:
 def feature_attack(name: str, clean: Path, out_dir: Path, rate: float | None, target: str, seed: int,
                    constrained: bool, trigger_size: int | None, fmt: str, force: bool, quiet: bool) -> int:
     """``sanitize attack ember-explanation``: poison feature rows, write them in the input format + poison.json."""
+    if rate is not None and not 0 <= rate < 1:
+        raise SanitizeError(f"--rate {rate}: expected a fraction in [0, 1)")
+    if seed < 0:
+        raise SanitizeError(f"--seed {seed}: expected a non-negative integer")
+    with claim_out_dir(out_dir, [clean], force) as out:
+        record, n_unlabelled = _poison_rows_and_write(name, clean, out, rate, target, seed, constrained,
+                                                      trigger_size, fmt, force)
+    if not quiet:
+        features = record["params"]["features"]
+        table = Table(title=f"sanitize attack {name}", show_header=False)
+        table.add_row("rows", f"{record['n_samples']} ({n_unlabelled} unlabelled)")
+        table.add_row("poison", f"{record['n_poison']} benign rows (rate {record['params'].get('rate', rate)}), "
+                                f"labels kept")
+        table.add_row("trigger", f"{len(features)} features" + (" (constrained)" if constrained else "") + ": "
+                      + ", ".join(features[:6]) + (", ..." if len(features) > 6 else ""))
+        table.add_row("output", f"{out} ({', '.join(record['files'])}; ground truth: poison.json)")
+        stdout.print(table)
+    return 0
+
+
+def _poison_rows_and_write(name: str, clean: Path, out: Path, rate: float | None, target: str, seed: int,
+                           constrained: bool, trigger_size: int | None, fmt: str, force: bool
+                           ) -> tuple[dict, int]:
+    """Poison the rows and write them in the input format with poison.json; the record and the number
+    of unlabelled rows."""
     from .attacks import FEATURE_ATTACK_INFO, FEATURE_ATTACKS
     from .cli_attack import resolve_class
     from .features import load_features, write_features
     from .report import library_versions
 
     info = FEATURE_ATTACK_INFO[name]
-    if rate is not None and not 0 <= rate < 1:
-        raise SanitizeError(f"--rate {rate}: expected a fraction in [0, 1)")
-    if seed < 0:
-        raise SanitizeError(f"--seed {seed}: expected a non-negative integer")
-    out = check_out_dir(out_dir, [clean], force)
     data = load_features(clean, fmt)
     target_index = resolve_class(target, data.classes, "--target")
     rate = info.default_rate if rate is None else rate
@@ -150,13 +170,4 @@ def feature_attack(name: str, clean: Path, out_dir: Path, rate: float | None, ta
         files = write_features(poisoned.dataset, np.arange(len(data)), staging)
         record["files"] = files
         (staging / "poison.json").write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
-    if not quiet:
-        table = Table(title=f"sanitize attack {name}", show_header=False)
-        table.add_row("rows", f"{len(data)} ({data.n_unlabelled} unlabelled)")
-        table.add_row("poison", f"{record['n_poison']} benign rows (rate {rate}), labels kept")
-        table.add_row("trigger", f"{len(poisoned.params['features'])} features"
-                      + (" (constrained)" if constrained else "") + ": " + ", ".join(poisoned.params["features"][:6])
-                      + (", ..." if len(poisoned.params["features"]) > 6 else ""))
-        table.add_row("output", f"{out} ({', '.join(files)}; ground truth: poison.json)")
-        stdout.print(table)
-    return 0
+    return record, data.n_unlabelled

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -11,7 +12,14 @@ from PIL import Image
 
 from sanitize.data import load_image_folder, load_reserve
 from sanitize.errors import SanitizeError
-from sanitize.output import check_out_dir, staged_output, write_image_subset
+from sanitize.output import (
+    OUTPUT_MARKER,
+    check_out_dir,
+    claim_out_dir,
+    mark_output,
+    staged_output,
+    write_image_subset,
+)
 
 
 def save(path: Path, array: np.ndarray, mode: str | None = None) -> None:
@@ -78,11 +86,51 @@ def test_staged_output_is_atomic(tmp_path) -> None:
         raise RuntimeError("interrupted")
     assert not out.exists() and list(tmp_path.iterdir()) == []
     out.mkdir()
+    mark_output(out)
     (out / "old.txt").write_text("old")
     with staged_output(out, force=True) as staging:
         (staging / "new.txt").write_text("new")
-    assert sorted(p.name for p in out.iterdir()) == ["new.txt"]
+    assert sorted(p.name for p in out.iterdir()) == [OUTPUT_MARKER, "new.txt"]
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def test_force_replaces_only_a_folder_sanitize_wrote(tmp_path) -> None:
+    """A mistyped --out with --force cannot delete the user's own folder: only a marked or empty one."""
+    data = tmp_path / "data"
+    data.mkdir()
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("years of work")
+    with pytest.raises(SanitizeError, match="not written by sanitize.*even with --force"):
+        check_out_dir(mine, [data], force=True)
+    with pytest.raises(SanitizeError, match="not written by sanitize"):
+        check_out_dir(mine, [data], force=False)
+    with staged_output(tmp_path / "out") as staging:
+        (staging / "report.json").write_text("{}")
+    assert json.loads((tmp_path / "out" / OUTPUT_MARKER).read_text())["written_by"] == "sanitize"
+    assert check_out_dir(tmp_path / "out", [data], force=True) == (tmp_path / "out").resolve()
+    # replaced meanwhile by a folder sanitize did not write: left alone even with --force
+    with pytest.raises(SanitizeError, match="no longer a folder sanitize wrote"), \
+            staged_output(tmp_path / "out", force=True) as staging:
+        (staging / "report.json").write_text("{}")
+        (tmp_path / "out" / OUTPUT_MARKER).unlink()
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["report.json"]
+    assert (mine / "thesis.tex").read_text() == "years of work"
+
+
+def test_a_second_run_to_a_locked_out_is_refused_at_once(tmp_path) -> None:
+    """Two runs to one --out: the second is refused before any work instead of replacing the first."""
+    data = tmp_path / "data"
+    data.mkdir()
+    with claim_out_dir(tmp_path / "out", [data], force=False) as out:
+        busy = rf"another sanitize run \(pid {os.getpid()}\) is writing it"
+        with pytest.raises(SanitizeError, match=busy), claim_out_dir(tmp_path / "out", [data], force=False):
+            pass
+        with staged_output(out) as staging:
+            (staging / "report.json").write_text("{}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "out"]  # the lock file is gone
+    with claim_out_dir(tmp_path / "out", [data], force=True):  # and the lock is free again
+        pass
 
 
 def test_cleaned_files_are_hard_links(tmp_path) -> None:
@@ -105,9 +153,11 @@ def test_an_out_that_appears_during_the_run_is_left_alone(tmp_path) -> None:
     kept = [p for p in tmp_path.iterdir() if p.name.startswith("out.sanitize-")]
     assert len(kept) == 1 and (kept[0] / "report.json").exists()
     assert not [p for p in tmp_path.iterdir() if ".staging-" in p.name]
-    with staged_output(out, force=True) as staging:  # --force replaces it
+    with pytest.raises(SanitizeError, match="no longer a folder sanitize wrote"), \
+            staged_output(out, force=True) as staging:  # not even --force replaces what the user made
         (staging / "report.json").write_text("{}")
-    assert [p.name for p in out.iterdir()] == ["report.json"]
+    assert [p.name for p in out.iterdir()] == ["mine.txt"]
+    assert len([p for p in tmp_path.iterdir() if p.name.startswith("out.sanitize-")]) == 2
 
 
 def test_an_out_that_cannot_be_staged_is_refused_before_any_work(tmp_path) -> None:
