@@ -41,6 +41,7 @@ from .exits import (  # noqa: F401 -- EXIT_* are part of this module's interface
     catch_termination,
     crash_line,
     stopped,
+    warnings_as_notes,
     write_crash_log,
 )
 from .features import FORMATS, FeatureDataset, detect_format, load_feature_reserve, load_features, write_features
@@ -194,10 +195,13 @@ def run_detector(detect: Detect, data_dir: Path, reserve_dir: Path | None, opts:
 
 def _detect_and_write(detect: Detect, data_dir: Path, reserve_dir: Path | None, opts: RunOptions,
                       out: Path) -> dict:
-    data, reserve = load_inputs(data_dir, reserve_dir, opts)
-    bars = RichProgress() if not (opts.quiet or opts.json_only) else nullcontext(Silent())
-    with bars as progress:
-        result = detect(data, reserve, progress)
+    warned: list[str] = []
+    with warnings_as_notes(warned):
+        data, reserve = load_inputs(data_dir, reserve_dir, opts)
+        bars = RichProgress() if not (opts.quiet or opts.json_only) else nullcontext(Silent())
+        with bars as progress:
+            result = detect(data, reserve, progress)
+    result.notes.extend(warned)
     report = build_report(data, result)
     report["summary"]["gate"] = gate(report["summary"], opts.max_flagged_fraction, opts.fail_on_detect)
     with staged_output(out, opts.force) as staging:
@@ -358,7 +362,8 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point: results to 0/1, user errors to one line + exit 2, crashes to one line + exit 3."""
     catch_termination()
     try:
-        code = app(args=argv, standalone_mode=False)
+        with warnings_as_notes([]):  # the commands that do not write a report: kept off stderr (see there)
+            code = app(args=argv, standalone_mode=False)
     except SanitizeError as exc:
         _fail(str(exc))
     except (KeyboardInterrupt, Terminated) as exc:

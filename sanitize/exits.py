@@ -12,9 +12,13 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import tempfile
 import time
 import traceback
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 EXIT_CLEAN, EXIT_FLAGGED, EXIT_BAD_INPUT, EXIT_INTERNAL = 0, 1, 2, 3
@@ -93,3 +97,25 @@ def crash_line(exc: BaseException, log: Path | None) -> str:
     what = f"{type(exc).__name__}: {message}" if message else type(exc).__name__
     where = f"traceback in {log}" if log else "the traceback could not be written"
     return f"internal error: {what} ({where}; this is a bug in sanitize, not a verdict)"
+
+
+MAX_WARNING_NOTES = 10
+
+
+@contextmanager
+def warnings_as_notes(notes: list[str]) -> Iterator[None]:
+    """Keep library warnings (numpy's ``Mean of empty slice``, torch's ``var`` degrees of freedom)
+    off stderr, which carries exactly one line when a run fails, and append them to ``notes``
+    instead: a detector run puts them in ``report.json``. Repeats are counted once, at most
+    :data:`MAX_WARNING_NOTES` are kept; with ``SANITIZE_DEBUG`` set they are printed as well."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")
+        yield
+    lines = list(dict.fromkeys(f"{w.category.__name__} at {Path(w.filename).name}:{w.lineno}: {w.message}"
+                               for w in caught))
+    notes.extend(f"library warning: {line}" for line in lines[:MAX_WARNING_NOTES])
+    if len(lines) > MAX_WARNING_NOTES:
+        notes.append(f"library warning: {len(lines) - MAX_WARNING_NOTES} more not shown")
+    if os.environ.get(DEBUG_ENV):
+        for line in lines:
+            print(f"warning: {line}", file=sys.stderr)

@@ -128,3 +128,32 @@ def test_bare_sanitize_prints_the_usage_and_no_empty_error_line(capsys) -> None:
     assert run_cli() == 2
     captured = capsys.readouterr()
     assert "Usage" in captured.out and captured.err.strip() == ""
+
+
+def test_library_warnings_go_to_the_report_not_to_stderr(tmp_path, capsys, monkeypatch) -> None:
+    """stderr carries one line when a run fails and nothing else; warnings raised while the data is
+    read and inspected (numpy's empty-slice mean here, for real) become notes in report.json."""
+    import warnings
+
+    import numpy as np
+
+    from sanitize import examples
+    from sanitize.output import write_image_subset
+    from sanitize.report import read_report
+    from sanitize.result import DetectionResult
+
+    monkeypatch.delenv("SANITIZE_DEBUG", raising=False)
+    digits = examples.digits().subset(range(30))
+    write_image_subset(digits, range(30), tmp_path / "data")
+
+    def detect(data, _reserve, _progress) -> DetectionResult:
+        np.mean(np.zeros(0))  # RuntimeWarning: Mean of empty slice
+        np.mean(np.zeros(0))  # the same warning again: one note
+        warnings.warn("a second kind", UserWarning, stacklevel=1)
+        return DetectionResult("test", np.zeros(len(data)), np.zeros(len(data), bool), [])
+
+    code = cli.run_detector(detect, tmp_path / "data", None, cli.RunOptions(tmp_path / "out", quiet=True))
+    assert code == 0 and capsys.readouterr().err == ""
+    notes = [n for n in read_report(tmp_path / "out" / "report.json")["summary"]["notes"]
+             if n.startswith("library warning")]
+    assert sum("Mean of empty slice" in n for n in notes) == 1 and sum("a second kind" in n for n in notes) == 1
