@@ -43,7 +43,7 @@ from .engine import infer
 from .errors import SanitizeError
 from .evaluate import Truth, evaluate_report
 from .model_cache import content_hash, trained_model
-from .output import atomic_write
+from .output import atomic_write, mark_output
 from .progress import Progress, Silent
 from .report import build_report
 
@@ -312,7 +312,9 @@ def write_outputs(bench: dict[str, Any], out: Path) -> None:
 def run_bench(clean: ImageDataset, reserve: ImageDataset, test: ImageDataset, out: str | Path, config: BenchConfig,
               progress: Progress | None = None, log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Run (or resume) the matrix and write ``bench.json``, ``bench.md`` and ``bench.html`` to ``out``."""
-    bench = Bench(clean, reserve, test, Path(out), config, progress, log)
+    bench = Bench(clean, reserve, test, Path(out), config, progress, log)  # validates before anything is made
+    Path(out).mkdir(exist_ok=True)
+    mark_output(Path(out))  # a bench folder is resumed by later runs; the marker lets them write into it
     result = bench.run()
     result["computed_cells"] = bench.computed
     write_outputs(result, Path(out))

@@ -65,7 +65,7 @@ def bench_command(
     from .bench import BenchConfig, markdown_table, run_bench
     from .data import load_image_folder, load_like, load_reserve
     from .models import available_models
-    from .output import claim_out_dir, mark_output
+    from .output import claim_out_dir
     from .progress import RichProgress, Silent
 
     config = BenchConfig(parse_list(attacks, "--attacks"), parse_list(detectors, "--detectors"), parse_seeds(seeds),
@@ -79,8 +79,6 @@ def bench_command(
         data = load_image_folder(clean, size=parse_size(size))
         reserve_set = load_reserve(reserve, data)
         test_set = load_like(test, data, "test set")
-        out.mkdir(exist_ok=True)
-        mark_output(out)
         log = (lambda _m: None) if quiet else (lambda m: stdout.print(m, markup=False, highlight=False))
         with (nullcontext(Silent()) if quiet else RichProgress()) as progress:
             bench = run_bench(data, reserve_set, test_set, out, config, progress=progress, log=log)
