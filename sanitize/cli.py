@@ -66,7 +66,7 @@ ReserveOpt = Annotated[Path, typer.Option("--reserve", "-r",
                                           help="Trusted clean data in the same form (class folders or feature rows).")]
 FormatOpt = Annotated[str, typer.Option("--format", help="Input kind: auto, images, ember, npz or jsonl.")]
 OutOpt = Annotated[Path, typer.Option("--out", "-o", help="New folder for the cleaned dataset and reports.")]
-ForceOpt = Annotated[bool, typer.Option("--force", help="Replace --out if it exists.")]
+ForceOpt = Annotated[bool, typer.Option("--force", help="Replace --out if sanitize wrote it (never your own folder).")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed; the same seed on CPU gives identical flags.",
                                       **SEED_RANGE)]

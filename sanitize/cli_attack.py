@@ -190,7 +190,8 @@ def attack_command(
     test_out: Annotated[Path | None, typer.Option("--test-out", help="New folder for the triggered test copy.")
                         ] = None,
     size: Annotated[str | None, typer.Option(help="Resize images to N or HxW pixels.")] = None,
-    force: Annotated[bool, typer.Option("--force", help="Replace OUT_DIR / --test-out if they exist.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Replace OUT_DIR / --test-out if sanitize wrote them.")
+                       ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No summary table.")] = False,
     constrained: Annotated[bool, typer.Option(
         "--constrained", help="ember-explanation: only the 17 features a real PE file can change.")] = False,

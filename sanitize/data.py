@@ -139,19 +139,48 @@ def list_image_folder(root: Path) -> tuple[list[str], list[tuple[str, int]]]:
     return classes, entries
 
 
+PIXEL_LIMIT_ENV = "SANITIZE_MAX_IMAGE_PIXELS"
+
+
+def image_pixel_limit() -> int:
+    """The largest image, in pixels, that is decoded: where Pillow itself refuses (twice its
+    ``MAX_IMAGE_PIXELS``, about 179 million), unless ``SANITIZE_MAX_IMAGE_PIXELS`` says otherwise.
+
+    A forged header can claim billions of pixels in a few bytes; decoding it would exhaust memory.
+    Users with genuinely huge images raise the limit through the environment, so that every
+    command (and the library) honours it without a flag on each.
+    """
+    raw = os.environ.get(PIXEL_LIMIT_ENV)
+    if raw is None:
+        return 2 * (Image.MAX_IMAGE_PIXELS or 89_478_485)
+    try:
+        limit = int(raw)
+    except ValueError:
+        limit = 0
+    if limit < 1:
+        raise SanitizeError(f"{PIXEL_LIMIT_ENV}={raw!r}: expected a positive whole number of pixels")
+    Image.MAX_IMAGE_PIXELS = max(Image.MAX_IMAGE_PIXELS or 0, limit)  # Pillow's own refusal no lower than ours
+    return limit
+
+
 def decode_image(path: str | Path, what: str = "image") -> Image.Image:
     """Open and decode one image file; anything unreadable is one :class:`SanitizeError` line.
 
-    Pillow refuses an image whose header claims more than twice ``Image.MAX_IMAGE_PIXELS``
-    pixels (a decompression bomb) with an error that is not an ``OSError``; it is caught here
-    too, so a forged header cannot crash a run.
+    An image whose header claims more than :func:`image_pixel_limit` pixels (a decompression bomb,
+    or a genuinely huge image) is refused before it is decoded; Pillow's own refusal is an error
+    that is not an ``OSError`` and is caught here too, so a forged header cannot crash a run.
     """
+    limit = image_pixel_limit()
+    refused = (f"{path}: {what} refused as a decompression bomb (its header claims more than {limit} pixels; "
+               f"set {PIXEL_LIMIT_ENV} to raise the limit)")
     try:
         with Image.open(path) as img:
+            if img.width * img.height > limit:
+                raise SanitizeError(refused)
             img.load()
             return img
-    except Image.DecompressionBombError as exc:
-        raise SanitizeError(f"{path}: {what} refused as a decompression bomb ({exc})") from None
+    except Image.DecompressionBombError:
+        raise SanitizeError(refused) from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         reason = str(exc).split("\n")[0] or type(exc).__name__
         raise SanitizeError(f"{path}: cannot decode {what} ({reason})") from None

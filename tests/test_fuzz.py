@@ -189,3 +189,14 @@ def test_a_second_run_to_a_busy_out_is_refused_before_any_work(corpus, tmp_path,
     assert code == 2 and err.startswith("error: OUT_DIR") and "another sanitize run" in err
     assert not out.exists() and not _leftovers(tmp_path)
     assert run_cli("attack", "badnet", corpus / "data", out, "-q") == 0  # free again once the first ended
+
+
+@pytest.mark.parametrize(("limit", "message"), [("40", "more than 40 pixels; set SANITIZE_MAX_IMAGE_PIXELS"),
+                                                ("lots", "SANITIZE_MAX_IMAGE_PIXELS='lots': expected a positive")])
+def test_the_image_size_limit_is_the_users_to_set(corpus, tmp_path, capsys, monkeypatch, limit, message) -> None:
+    """8x8 digits are 64 pixels: a limit of 40 refuses them with the way to raise it."""
+    monkeypatch.setenv("SANITIZE_MAX_IMAGE_PIXELS", limit)
+    assert run_cli("attack", "badnet", corpus / "data", tmp_path / "out", "-q") == 2
+    assert message in capsys.readouterr().err
+    monkeypatch.setenv("SANITIZE_MAX_IMAGE_PIXELS", "64")
+    assert run_cli("attack", "badnet", corpus / "data", tmp_path / "out", "-q") == 0
