@@ -36,11 +36,34 @@ def _check_out_file(out: Path, inputs: list[Path], force: bool, suffix: str, opt
             raise SanitizeError(f"{option} {out} is inside the input {src}; choose a path outside it")
     if out.is_dir():
         raise SanitizeError(f"{option} {out} is a folder; expected a {suffix} file name")
+    if out.exists() and not _written_by_features(out):
+        raise SanitizeError(f"{option} {out} exists and is not a {suffix} file sanitize features writes: it is "
+                            f"never replaced, even with --force; remove it yourself or choose another name")
     if out.exists() and not force:
         raise SanitizeError(f"{option} {out} already exists (use --force to replace it)")
     if not out.parent.is_dir():
         raise SanitizeError(f"{option} {out}: parent folder {out.parent} does not exist")
     return out
+
+
+def _written_by_features(path: Path) -> bool:
+    """Whether ``--force`` may replace ``path``: empty, or shaped like what this command writes
+    (raw EMBER records, the vectors with sha256 ids, the skip list). A file cannot carry a marker
+    as output folders do, so its content is the evidence; anything else is the user's."""
+    try:
+        if path.stat().st_size == 0:
+            return True
+        if path.suffix == ".jsonl":
+            with open(path, encoding="utf-8") as f:
+                first = json.loads(f.readline(1 << 20))
+            return isinstance(first, dict) and {"sha256", "label", "histogram"} <= first.keys()
+        if path.suffix == ".npz":
+            with np.load(path, allow_pickle=False) as saved:
+                return set(saved.files) == {"X", "y", "sha256"}
+        with open(path, encoding="utf-8") as f:
+            return f.readline(64).strip() == "path,reason"
+    except (OSError, ValueError, RecursionError):
+        return False
 
 
 def features_command(
@@ -50,7 +73,8 @@ def features_command(
         "--vectors", help="Also write the EMBER v2 vectors (2381 float32) with sha256 ids as this .npz.")] = None,
     label: Annotated[int, typer.Option(help="Label written into every record: -1 unlabelled, 0 benign, "
                                             "1 malicious.")] = -1,
-    force: Annotated[bool, typer.Option("--force", help="Replace --out / --vectors if they exist.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Replace --out / --vectors if sanitize features wrote them.")
+                       ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No summary table.")] = False,
 ) -> int:
     """Extract EMBER (feature version 2) raw features from PE files with lief; skip other files with a reason."""

@@ -86,8 +86,15 @@ def test_features_never_writes_over_what_the_user_owns(tmp_path, capsys) -> None
     assert own.read_text() == "mine" and not (tmp_path / "f.jsonl").exists()
     (tmp_path / "d.jsonl").mkdir()
     assert run_cli("features", inputs, "--out", tmp_path / "d.jsonl", "--force", "-q") == 2
+    assert run_cli("features", inputs, "--out", tmp_path / "f.jsonl", "--force", "-q") == 2  # not even --force
+    assert own.read_text() == "mine"
     errors = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
-    assert len(errors) == 2 and "skip list" in errors[0] and "is a folder" in errors[1]
+    assert len(errors) == 3 and "skip list" in errors[0] and "is a folder" in errors[1]
+    assert "never replaced, even with --force" in errors[2]
+    own.unlink()  # what features wrote itself, --force replaces
+    assert run_cli("features", inputs, "--out", tmp_path / "f.jsonl", "-q") == 0
+    assert run_cli("features", inputs, "--out", tmp_path / "f.jsonl", "-q") == 2
+    assert run_cli("features", inputs, "--out", tmp_path / "f.jsonl", "--force", "-q") == 0
 
 
 def test_features_outputs_follow_the_umask(tmp_path) -> None:
