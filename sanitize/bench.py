@@ -39,6 +39,7 @@ from .attacks import ATTACK_INFO, ATTACKS, PoisonedSet, apply_trigger_to_test
 from .data import ImageDataset
 from .detectors import detector_class, get_detector
 from .devices import resolve_device
+from .domains import check_fraction
 from .engine import infer
 from .errors import SanitizeError
 from .evaluate import Truth, evaluate_report
@@ -80,8 +81,8 @@ class BenchConfig:
                 raise SanitizeError(f"{name}: give at least one")
             if len(set(values)) != len(values):
                 raise SanitizeError(f"{name}: duplicates in {', '.join(map(str, values))}")
-        if self.rate is not None and not 0 < self.rate < 1:
-            raise SanitizeError(f"--rate {self.rate}: expected a fraction in (0, 1)")
+        if self.rate is not None:
+            check_fraction(self.rate, allow_zero=False)  # a bench without poison measures nothing
         resolve_device(self.device)
 
     def rate_for(self, attack: str) -> float:

@@ -27,7 +27,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .data import ImageDataset, load_image_folder, load_reserve
-from .domains import SEED_RANGE
+from .domains import SEED_RANGE, check_fraction
 from .errors import SanitizeError
 from .exits import (  # noqa: F401 -- EXIT_* are part of this module's interface
     DEBUG_ENV,
@@ -290,8 +290,7 @@ def demo_command(
     from .attacks import badnet
     from .detectors.ct import ConfusionTraining
 
-    if not 0.0 <= rate < 1.0:  # nan included; checked before anything is created
-        raise SanitizeError(f"--rate {rate}: expected a fraction in [0, 1)")
+    check_fraction(rate)  # before anything is created
     if out and out.exists() and not out.is_dir():
         raise SanitizeError(f"--out {out} exists and is not a folder")
     if out and out.exists() and any(out.iterdir()):

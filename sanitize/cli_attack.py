@@ -25,7 +25,7 @@ from rich.table import Table
 
 from .attacks import ATTACK_INFO, ATTACKS, FEATURE_ATTACK_INFO, PoisonedSet, Stamp, apply_trigger_to_test, load_trigger
 from .data import ImageDataset, load_image_folder, load_like
-from .domains import SEED_RANGE
+from .domains import SEED_RANGE, check_fraction
 from .errors import SanitizeError
 from .evaluate import evaluate_files, format_metric
 from .output import atomic_write, claim_out_dir, staged_output, write_image_subset
@@ -64,16 +64,14 @@ def resolve_class(value: str, classes: list[str], option: str) -> int:
 
 def check_options(name: str, rate: float | None, cover_rate: float | None, source: str | None,
                   cover_classes: str | None, trigger: Path | None, mask: Path | None,
-                  test: Path | None, test_out: Path | None, seed: int) -> None:
+                  test: Path | None, test_out: Path | None) -> None:
     """Reject options the chosen attack does not take, before anything is read."""
     if name not in ATTACKS:
         raise SanitizeError(f"unknown attack {name!r}; choose from {', '.join(ATTACKS)}")
     info = ATTACK_INFO[name]
     for value, option in ((rate, "--rate"), (cover_rate, "--cover-rate")):
-        if value is not None and not 0 <= value < 1:
-            raise SanitizeError(f"{option} {value}: expected a fraction in [0, 1)")
-    if seed < 0:
-        raise SanitizeError(f"--seed {seed}: expected a non-negative integer")
+        if value is not None:
+            check_fraction(value, option)
     if cover_rate is not None and info.default_cover_rate is None:
         raise SanitizeError(f"{name} has no cover samples; drop --cover-rate")
     if (source is not None or cover_classes is not None) and not info.has_source:
@@ -216,7 +214,7 @@ def attack_command(
                               force, quiet)
     if constrained or trigger_size is not None or fmt != "auto":
         raise SanitizeError(f"--constrained, --trigger-size and --format apply to feature attacks, not {name}")
-    check_options(name, rate, cover_rate, source, cover_classes, trigger, mask, test, test_out, seed)
+    check_options(name, rate, cover_rate, source, cover_classes, trigger, mask, test, test_out)
     with ExitStack() as claims:  # both folders checked and locked before any work, until the results are in place
         out = claims.enter_context(claim_out_dir(out_dir, [clean_dir, test], force, "OUT_DIR"))
         test_dest = (claims.enter_context(claim_out_dir(test_out, [clean_dir, test, out], force, "--test-out"))

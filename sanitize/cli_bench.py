@@ -13,6 +13,7 @@ from typing import Annotated
 import typer
 
 from .cli import EXIT_CLEAN, DeviceOpt, QuietOpt, SizeOpt, parse_size, stdout
+from .domains import check_epochs
 from .errors import SanitizeError
 
 
@@ -73,8 +74,7 @@ def bench_command(
     config.check()
     if arch != "auto" and arch not in available_models():
         raise SanitizeError(f"unknown --arch {arch!r}; choose from auto, {', '.join(available_models())}")
-    if epochs is not None and epochs < 1:
-        raise SanitizeError(f"--epochs {epochs}: expected a positive number")
+    check_epochs(epochs)
     with claim_out_dir(out, [clean, reserve, test], force=True) as out:  # a bench folder is resumed, not replaced
         data = load_image_folder(clean, size=parse_size(size))
         reserve_set = load_reserve(reserve, data)

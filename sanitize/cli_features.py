@@ -16,6 +16,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from .domains import check_fraction
 from .errors import SanitizeError
 from .output import atomic_write, claim_out_dir, staged_output
 
@@ -143,10 +144,8 @@ def _save_npz(tmp: Path, **arrays: np.ndarray) -> None:
 def feature_attack(name: str, clean: Path, out_dir: Path, rate: float | None, target: str, seed: int,
                    constrained: bool, trigger_size: int | None, fmt: str, force: bool, quiet: bool) -> int:
     """``sanitize attack ember-explanation``: poison feature rows, write them in the input format + poison.json."""
-    if rate is not None and not 0 <= rate < 1:
-        raise SanitizeError(f"--rate {rate}: expected a fraction in [0, 1)")
-    if seed < 0:
-        raise SanitizeError(f"--seed {seed}: expected a non-negative integer")
+    if rate is not None:  # the seed's range is the option's (SEED_RANGE)
+        check_fraction(rate)
     with claim_out_dir(out_dir, [clean], force) as out:
         record, n_unlabelled = _poison_rows_and_write(name, clean, out, rate, target, seed, constrained,
                                                       trigger_size, fmt, force)

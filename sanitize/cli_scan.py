@@ -30,6 +30,7 @@ from .cli import (
     run_detector,
 )
 from .data import ImageDataset
+from .domains import check_epochs
 from .errors import SanitizeError
 from .progress import Progress
 from .result import DetectionResult
@@ -63,8 +64,7 @@ def scan_settings(method: str, budget: float | None, frr: float | None, arch: st
             raise SanitizeError(f"--frr applies to strip, not {method}")
         settings["frr"] = frr
     settings.update(reclassify_settings(method, reclassify, reclassify_threshold))
-    if epochs is not None and epochs < 1:
-        raise SanitizeError(f"--epochs {epochs}: expected a positive number")
+    check_epochs(epochs)
     return settings
 
 

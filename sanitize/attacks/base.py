@@ -22,6 +22,7 @@ import torch
 from torchvision.transforms.v2 import functional as TF
 
 from ..data import ImageDataset, decode_image
+from ..domains import check_fraction
 from ..errors import SanitizeError
 
 TestTrigger = Callable[[torch.Tensor], torch.Tensor]
@@ -120,11 +121,6 @@ def to_uint8(x: torch.Tensor) -> torch.Tensor:
     return x.round().clamp_(0, 255).to(torch.uint8)
 
 
-def check_rate(rate: float, option: str = "--rate") -> None:
-    if not 0 <= rate < 1:
-        raise SanitizeError(f"{option} {rate}: expected a fraction in [0, 1)")
-
-
 def count_for(n_total: int, rate: float) -> int:
     """``floor(n_total * rate)``, immune to float noise (0.29 * 100 is 28.999...; we want 29)."""
     return int(np.floor(n_total * rate + 1e-9))
@@ -132,7 +128,7 @@ def count_for(n_total: int, rate: float) -> int:
 
 def choose_poison_indices(n_candidates: int, n_total: int, rate: float, seed: int) -> np.ndarray:
     """A seeded random subset of ``floor(n_total * rate)`` of ``range(n_candidates)``, sorted."""
-    check_rate(rate)
+    check_fraction(rate)
     count = count_for(n_total, rate)
     if count > n_candidates:
         raise SanitizeError(f"--rate {rate}: needs {count} samples but only {n_candidates} are eligible")
@@ -142,7 +138,7 @@ def choose_poison_indices(n_candidates: int, n_total: int, rate: float, seed: in
 
 def choose_cover_indices(candidates: np.ndarray, n_total: int, rate: float, seed: int) -> np.ndarray:
     """``floor(n_total * rate)`` of ``candidates`` (disjoint from the poison), seeded, sorted."""
-    check_rate(rate, "--cover-rate")
+    check_fraction(rate, "--cover-rate")
     count = count_for(n_total, rate)
     if count > len(candidates):
         raise SanitizeError(f"--cover-rate {rate}: needs {count} samples but only {len(candidates)} are eligible")

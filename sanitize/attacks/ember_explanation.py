@@ -29,8 +29,9 @@ import torch
 from sklearn.linear_model import LogisticRegression
 
 from .. import ember
+from ..domains import check_fraction
 from ..errors import SanitizeError
-from .base import PoisonedSet, check_rate, count_for, derived_rng
+from .base import PoisonedSet, count_for, derived_rng
 
 UNCONSTRAINED_SIZE = 32
 ATTRIBUTION_ROWS = 20000  # rows used to fit the explained model (a seeded sample beyond that)
@@ -87,7 +88,7 @@ def ember_explanation(dataset, rate: float = 0.01, target: int = 0, seed: int = 
 
     if not isinstance(dataset, FeatureDataset):
         raise SanitizeError("ember-explanation works on feature datasets (EMBER .dat, .npz, .jsonl)")
-    check_rate(rate)
+    check_fraction(rate)
     if not 0 <= target < dataset.num_classes:
         raise SanitizeError(f"--target {target}: the dataset has classes 0..{dataset.num_classes - 1}")
     labelled = dataset.labelled_indices()
