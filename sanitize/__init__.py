@@ -6,6 +6,9 @@ Python API (the CLI is a thin layer over it)::
     data = load_image_folder("data/")
     reserve = load_reserve("clean/", data)
     result = ct(data, reserve, seed=0)      # DetectionResult: scores, flagged, suspected classes
+
+What a command does end to end (load, detect, gate, write the cleaned copy and the reports) is
+:func:`sanitize.run` with :class:`sanitize.RunOptions`.
 """
 
 __version__ = "0.1.0"
@@ -17,10 +20,14 @@ _EXPORTS = {
     "ASSET": ".detectors.asset", "asset": ".detectors.asset",
     "ConfusionTraining": ".detectors.ct", "ct": ".detectors.ct",
     "DetectionResult": ".result",
+    "get_detector": ".detectors",
+    "load_features": ".features",
+    "RunOptions": ".pipeline", "run": ".pipeline",
 }
 
-__all__ = ["ASSET", "ConfusionTraining", "asset", "DetectionResult", "ImageDataset", "ct", "from_arrays",
-           "load_image_folder", "load_reserve", "__version__"]
+__all__ = ["ASSET", "ConfusionTraining", "asset", "DetectionResult", "ImageDataset", "RunOptions", "ct",
+           "from_arrays", "get_detector", "load_features", "load_image_folder", "load_reserve", "run",
+           "__version__"]
 
 
 def __getattr__(name: str):

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from .cli import (
+from .cli_common import (
     AlphaOpt,
     DataArg,
-    Dataset,
     DeviceOpt,
     FailOnDetectOpt,
     ForceOpt,
@@ -20,15 +19,16 @@ from .cli import (
     OutOpt,
     QuietOpt,
     ReserveOpt,
-    RunOptions,
     SeedOpt,
     SizeOpt,
     check_arch,
-    refuse_ember_mlp_on_images,
     run_detector,
 )
-from .progress import Progress
-from .result import DetectionResult
+
+if TYPE_CHECKING:
+    from .pipeline import Dataset
+    from .progress import Progress
+    from .result import DetectionResult
 
 ScheduleOpt = Annotated[str, typer.Option(help="fast (default) or reference (the released demo's settings).")]
 ArchOpt = Annotated[str, typer.Option(help="Model: auto, resnet18, small_cnn, mobilenet_v2, vgg16, densenet121 "
@@ -66,6 +66,7 @@ def asset_command(
     """ASSET (Pan et al., USENIX Security 2023): flag poison samples in DATA by active offset."""
     from .detectors.asset import ASSET
     from .devices import resolve_device
+    from .pipeline import RunOptions, refuse_ember_mlp_on_images
 
     resolve_device(device)
     check_arch(arch, also=("ember_mlp",))

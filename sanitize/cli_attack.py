@@ -10,28 +10,24 @@ poison and cover, so ``evaluate`` can score any detector's ``report.json`` on th
 
 from __future__ import annotations
 
-import hashlib
 import json
 from contextlib import ExitStack
-from pathlib import Path, PurePosixPath
-from typing import Annotated, Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
 
-import numpy as np
-import torch
 import typer
-from PIL import Image
 from rich.console import Console
 from rich.table import Table
 
-from .attacks import ATTACK_INFO, ATTACKS, FEATURE_ATTACK_INFO, PoisonedSet, Stamp, apply_trigger_to_test, load_trigger
-from .data import ImageDataset, load_image_folder, load_like
-from .domains import SEED_RANGE, check_fraction
+from .attacks.catalog import ATTACK_INFO, FEATURE_ATTACK_INFO
+from .domains import SEED_RANGE, check_fraction, parse_size, resolve_class
 from .errors import SanitizeError
-from .evaluate import evaluate_files, format_metric
-from .output import atomic_write, claim_out_dir, staged_output, write_image_subset
-from .report import library_versions
+from .output import atomic_write, claim_out_dir
 
-POISON_SCHEMA_VERSION = 1
+if TYPE_CHECKING:
+    from .attacks import Stamp
+    from .data import ImageDataset
+
 stdout = Console()
 
 
@@ -48,26 +44,12 @@ def _attack_help() -> str:
     return "Attack (default rate): " + ", ".join(rows) + ". See docs/attacks.md and docs/ember.md."
 
 
-def resolve_class(value: str, classes: list[str], option: str) -> int:
-    """A class given by folder name or by index (a name wins if both could match)."""
-    if value in classes:
-        return classes.index(value)
-    try:
-        index = int(value)
-    except ValueError:
-        raise SanitizeError(f"{option} {value!r}: not a class name or index "
-                            f"(classes: {', '.join(classes[:12])}{', ...' if len(classes) > 12 else ''})") from None
-    if not 0 <= index < len(classes):
-        raise SanitizeError(f"{option} {value}: the dataset has classes 0..{len(classes) - 1}")
-    return index
-
-
 def check_options(name: str, rate: float | None, cover_rate: float | None, source: str | None,
                   cover_classes: str | None, trigger: Path | None, mask: Path | None,
                   test: Path | None, test_out: Path | None) -> None:
     """Reject options the chosen attack does not take, before anything is read."""
-    if name not in ATTACKS:
-        raise SanitizeError(f"unknown attack {name!r}; choose from {', '.join(ATTACKS)}")
+    if name not in ATTACK_INFO:
+        raise SanitizeError(f"unknown attack {name!r}; choose from {', '.join(ATTACK_INFO)}")
     info = ATTACK_INFO[name]
     for value, option in ((rate, "--rate"), (cover_rate, "--cover-rate")):
         if value is not None:
@@ -103,67 +85,6 @@ def attack_params(name: str, data: ImageDataset, rate: float | None, cover_rate:
     if stamp is not None:
         params["trigger"] = stamp
     return params
-
-
-def save_png(chw: torch.Tensor, path: Path) -> None:
-    """Write a ``C x H x W`` uint8 tensor as PNG (grayscale or RGB)."""
-    arr = chw.cpu().numpy()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(arr[0] if arr.shape[0] == 1 else arr.transpose(1, 2, 0)).save(path)
-
-
-def save_stamp(stamp: Stamp, path: Path) -> None:
-    """The trigger as an image ``--trigger`` reads back: pattern + mask in the alpha channel."""
-    pattern = stamp.pattern.cpu().numpy()
-    alpha = np.round(stamp.mask.cpu().numpy()[0] * 255).astype(np.uint8)
-    if pattern.shape[0] == 1:
-        Image.fromarray(np.stack([pattern[0], alpha], axis=-1), mode="LA").save(path)
-    else:
-        Image.fromarray(np.concatenate([pattern.transpose(1, 2, 0), alpha[..., None]], axis=-1), mode="RGBA").save(path)
-
-
-def load_test_folder(root: Path, data: ImageDataset) -> ImageDataset:
-    """A test folder with ``data``'s class indices, size and channel count."""
-    return load_like(root, data, "--test")
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def _json_params(params: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in params.items() if not isinstance(v, Stamp)}
-
-
-def write_poisoned(data: ImageDataset, poisoned: PoisonedSet, directory: Path) -> list[str]:
-    """Write the poisoned folder into ``directory`` (a staging folder); return each sample's path."""
-    paths = poisoned.dataset.paths
-    modified = np.zeros(len(data), dtype=bool)
-    modified[poisoned.poison_indices] = True
-    modified[poisoned.cover_indices] = True
-    write_image_subset(data, np.flatnonzero(~modified), directory)
-    images = poisoned.dataset.images
-    for i in np.flatnonzero(modified).tolist():
-        save_png(images[i], directory / paths[i])
-    return paths
-
-
-def write_triggered_test(triggered: ImageDataset, directory: Path) -> list[str]:
-    """The triggered test copy: PNGs under their true class folders (every class folder exists)."""
-    for name in triggered.classes:
-        (directory / name).mkdir(parents=True, exist_ok=True)
-    taken: set[str] = set()
-    written = []
-    for i, rel in enumerate(triggered.paths):
-        path = PurePosixPath(rel)
-        candidate, counter = path.with_suffix(".png").as_posix(), 1
-        while candidate in taken:
-            candidate = path.with_name(f"{path.stem}-{counter}.png").as_posix()
-            counter += 1
-        taken.add(candidate)
-        save_png(triggered.images[i], directory / candidate)
-        written.append(candidate)
-    return written
 
 
 def attack_command(
@@ -231,14 +152,17 @@ def _poison_and_write(name: str, clean_dir: Path, out: Path, target: str, seed: 
                       mask: Path | None, test: Path | None, test_dest: Path | None, size: str | None,
                       force: bool) -> dict:
     """Poison the clean folder and write OUT_DIR (and the triggered test copy); the poison.json record."""
-    from .cli import parse_size
+    from .attacks import ATTACKS, apply_trigger_to_test, load_trigger
+    from .attacks.io import poison_record, save_stamp, write_poisoned, write_triggered_test
+    from .data import load_image_folder, load_like
+    from .output import staged_output
 
     data = load_image_folder(clean_dir, size=parse_size(size))
     target_index = resolve_class(target, data.classes, "--target")
     stamp = load_trigger(trigger, data.channels, mask) if trigger is not None else None
     params = attack_params(name, data, rate, cover_rate, source, cover_classes, stamp)
     poisoned = ATTACKS[name](data, target=target_index, seed=seed, **params)
-    test_set = load_test_folder(Path(test), data) if test is not None else None
+    test_set = load_like(Path(test), data, "--test") if test is not None else None
     triggered = apply_trigger_to_test(poisoned, test_set) if test_set is not None else None
 
     with staged_output(out, force) as staging:
@@ -263,44 +187,6 @@ def _poison_and_write(name: str, clean_dir: Path, out: Path, target: str, seed: 
                 (test_staging / "triggered.json").write_text(json.dumps(test_record, indent=1) + "\n",
                                                              encoding="utf-8")
     return record
-
-
-def poison_record(data: ImageDataset, poisoned: PoisonedSet, paths: list[str], trigger_files: list[str],
-                  test_info: dict[str, Any] | None, trigger: Path | None) -> dict[str, Any]:
-    """The ground truth written as poison.json (format in docs/attacks.md)."""
-    classes = data.classes
-    params = _json_params(poisoned.params)
-    if trigger is not None:
-        params["trigger_file"] = {"path": str(Path(trigger).resolve()), "sha256": _sha256(Path(trigger))}
-    modified = np.concatenate([poisoned.poison_indices, poisoned.cover_indices]).tolist()
-    return {
-        "schema_version": POISON_SCHEMA_VERSION,
-        "attack": poisoned.attack,
-        "kind": ATTACK_INFO[poisoned.attack].kind,
-        "params": params,
-        "seed": poisoned.seed,
-        "target": poisoned.target,
-        "target_class": classes[poisoned.target],
-        "source": poisoned.source,
-        "source_class": classes[poisoned.source] if poisoned.source is not None else None,
-        "cover_classes": list(poisoned.cover_classes),
-        "cover_class_names": [classes[c] for c in poisoned.cover_classes],
-        "clean_label": poisoned.clean_label,
-        "classes": list(classes),
-        "n_samples": len(data),
-        "n_poison": len(poisoned.poison_indices),
-        "n_cover": len(poisoned.cover_indices),
-        "image_size": list(data.size),
-        "channels": data.channels,
-        "input": str(Path(data.root).resolve()) if data.root is not None else None,
-        "trigger_files": trigger_files,
-        "poison": [paths[i] for i in poisoned.poison_indices.tolist()],
-        "cover": [paths[i] for i in poisoned.cover_indices.tolist()],
-        "origin": {paths[i]: data.paths[i] for i in modified},
-        "test": test_info,
-        "notes": list(data.notes),
-        "versions": library_versions(),
-    }
 
 
 def print_attack_summary(record: dict[str, Any], out: Path, test_out: Path | None) -> None:
@@ -341,6 +227,8 @@ def evaluate_command(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No table.")] = False,
 ) -> int:
     """Score a detector report against the ground truth: TPR, FPR, precision, AUROC."""
+    from .evaluate import evaluate_files, format_metric
+
     if json_out is not None:
         check_json_out(json_out, [report, report / "report.json", truth])
     metrics = evaluate_files(report, truth)

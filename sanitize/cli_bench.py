@@ -12,9 +12,10 @@ from typing import Annotated
 
 import typer
 
-from .cli import EXIT_CLEAN, DeviceOpt, QuietOpt, SizeOpt, parse_size, stdout
-from .domains import check_epochs
+from .cli_common import DeviceOpt, QuietOpt, SizeOpt, stdout
+from .domains import check_epochs, parse_size
 from .errors import SanitizeError
+from .exits import EXIT_CLEAN
 
 
 def register(app: typer.Typer) -> None:

@@ -16,7 +16,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from .domains import check_fraction
+from .domains import check_fraction, resolve_class
 from .errors import SanitizeError
 from .output import atomic_write, claim_out_dir, staged_output
 
@@ -168,7 +168,6 @@ def _poison_rows_and_write(name: str, clean: Path, out: Path, rate: float | None
     """Poison the rows and write them in the input format with poison.json; the record and the number
     of unlabelled rows."""
     from .attacks import FEATURE_ATTACK_INFO, FEATURE_ATTACKS
-    from .cli_attack import resolve_class
     from .features import load_features, write_features
     from .report import library_versions
 

@@ -8,11 +8,11 @@ running several methods on one folder trains once.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from .cli import (
+from .cli_common import (
     DataArg,
     DeviceOpt,
     FailOnDetectOpt,
@@ -23,17 +23,18 @@ from .cli import (
     MaxFlaggedOpt,
     OutOpt,
     QuietOpt,
-    RunOptions,
     SeedOpt,
     SizeOpt,
     check_arch,
     run_detector,
 )
-from .data import ImageDataset
 from .domains import check_epochs
 from .errors import SanitizeError
-from .progress import Progress
-from .result import DetectionResult
+
+if TYPE_CHECKING:
+    from .data import ImageDataset
+    from .progress import Progress
+    from .result import DetectionResult
 
 SCAN_METHODS = ("spectral", "activation-clustering", "strip", "scan", "spectre")
 BUDGET_METHODS = ("spectral", "spectre")
@@ -123,6 +124,7 @@ def scan_command(
     """Passive baselines: Spectral Signatures, Activation Clustering, STRIP, SCAn, SPECTRE."""
     from .detectors import get_detector
     from .devices import resolve_device
+    from .pipeline import RunOptions
 
     settings = scan_settings(method, budget, frr, arch, epochs, cache_dir, layer, reclassify, reclassify_threshold)
     check_arch(arch)

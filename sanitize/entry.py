@@ -1,9 +1,10 @@
 """The ``sanitize`` console script: a small door in front of :func:`sanitize.cli.main`.
 
-Importing the command line loads torch, torchvision and the detectors, which takes seconds.
-A Ctrl-C or a termination signal in those seconds would otherwise end in a traceback and
-Python's exit code 1, the code of a failed gate; here it is one line and 130 / 128 + signal,
-like an interrupt during the run.
+Importing the command line takes a few tenths of a second (torch and the detectors load later,
+when a command runs, and are covered by the command line's own handler). A Ctrl-C or a
+termination signal in that first moment would otherwise end in a traceback and Python's exit
+code 1, the code of a failed gate; here it is one line and 130 / 128 + signal, like an
+interrupt during the run.
 """
 
 from __future__ import annotations

@@ -20,12 +20,14 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
 
-import numpy as np
-from PIL import Image
-
-from .data import ImageDataset
 from .errors import SanitizeError
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from .data import ImageDataset
 
 
 def _is_within(path: Path, parent: Path) -> bool:
@@ -242,6 +244,9 @@ def write_image_subset(dataset: ImageDataset, keep: Sequence[int] | np.ndarray, 
     systems) under their original relative paths; in-memory datasets are saved as PNG. Every
     class folder is created, even an empty one, so class indices stay stable for loaders.
     """
+    import numpy as np
+    from PIL import Image
+
     for name in dataset.classes:
         (directory / name).mkdir(parents=True, exist_ok=True)
     images = None if dataset.root is not None else dataset.images.cpu()

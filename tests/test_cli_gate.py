@@ -12,8 +12,9 @@ import json
 import numpy as np
 import pytest
 
-from sanitize.cli import RunOptions, gate, run_detector
+from sanitize.cli_common import run_detector
 from sanitize.errors import SanitizeError
+from sanitize.pipeline import RunOptions, gate
 from sanitize.result import DetectionResult
 
 

@@ -153,3 +153,23 @@ def test_cli_json_never_overwrites_an_input(tmp_path: Path, capsys: pytest.Captu
         assert run_cli(["evaluate", str(source), "--truth", str(truth), "--json", str(json_out)]) == 2
         assert "is an input" in capsys.readouterr().err
     assert (report.read_bytes(), truth.read_bytes()) == before
+
+
+@pytest.mark.parametrize("args", [["--help"], ["attack", "--help"], ["ct", "--help"], ["evaluate", "REPORT"]])
+def test_commands_that_do_not_train_start_without_torch(tmp_path: Path, args: list[str]) -> None:
+    """``--help`` and ``evaluate`` import no torch, torchvision or Pillow (the detectors load them
+    when they run), so they start in a few tenths of a second instead of seconds; ``evaluate``
+    loads scikit-learn for its AUROC and nothing else."""
+    import subprocess
+    import sys
+
+    (tmp_path / "report.json").write_text(json.dumps(make_report()))
+    (tmp_path / "poison.json").write_text(json.dumps({"poison": TRUTH.poison, "cover": TRUTH.cover}))
+    heavy = ("torch", "torchvision", "PIL", "scipy", "sklearn", "statsmodels", "jinja2")
+    if args == ["evaluate", "REPORT"]:
+        args = ["evaluate", str(tmp_path / "report.json"), "--truth", str(tmp_path / "poison.json")]
+        heavy = ("torch", "torchvision", "PIL", "statsmodels", "jinja2")
+    script = ("import sys\nfrom sanitize.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit as e:\n"
+              f"    code = e.code\nprint('LOADED', code, sorted(m for m in {heavy!r} if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True, timeout=120)
+    assert proc.stdout.strip().splitlines()[-1] == "LOADED 0 []", proc.stdout[-500:] + proc.stderr[-500:]

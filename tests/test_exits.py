@@ -7,7 +7,7 @@ import signal
 
 import pytest
 
-import sanitize.cli as cli
+import sanitize.pipeline as pipeline
 from sanitize.exits import EXIT_INTERNAL, Terminated, catch_termination, crash_line
 from sanitize.output import staged_output
 
@@ -41,7 +41,7 @@ def test_an_internal_error_exits_3_with_one_line_and_a_traceback_file(inputs, mo
     def broken(*_args, **_kwargs):
         raise ZeroDivisionError("division by zero")
 
-    monkeypatch.setattr(cli, "load_inputs", broken)
+    monkeypatch.setattr(pipeline, "load_inputs", broken)
     assert run_cli(*ct_args(inputs)) == EXIT_INTERNAL
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith("internal error: ZeroDivisionError: division by zero")
@@ -54,7 +54,7 @@ def test_an_internal_error_exits_3_with_one_line_and_a_traceback_file(inputs, mo
 
 def test_sanitize_debug_prints_the_traceback_too(inputs, monkeypatch, capsys, restore_signals) -> None:
     monkeypatch.setenv("SANITIZE_DEBUG", "1")
-    monkeypatch.setattr(cli, "load_inputs", lambda *a, **k: [][0])
+    monkeypatch.setattr(pipeline, "load_inputs", lambda *a, **k: [][0])
     assert run_cli(*ct_args(inputs)) == EXIT_INTERNAL
     err = capsys.readouterr().err
     assert "Traceback" in err and err.strip().splitlines()[-1].startswith("internal error: IndexError")
@@ -64,7 +64,7 @@ def test_sanitize_debug_prints_the_traceback_too(inputs, monkeypatch, capsys, re
 def test_a_termination_signal_exits_128_plus_its_number_with_one_line(inputs, monkeypatch, capsys, name: str,
                                                                       restore_signals) -> None:
     number = getattr(signal, name)
-    monkeypatch.setattr(cli, "load_inputs", lambda *a, **k: os.kill(os.getpid(), number))
+    monkeypatch.setattr(pipeline, "load_inputs", lambda *a, **k: os.kill(os.getpid(), number))
     assert run_cli(*ct_args(inputs)) == 128 + number
     assert capsys.readouterr().err.strip() == f"terminated by {name}: nothing was written"
     assert not (inputs / "out").exists()
@@ -111,14 +111,16 @@ def test_demo_refuses_bad_options_before_creating_anything(tmp_path, capsys, cas
 @pytest.mark.parametrize(("name", "code", "line"), [("SIGINT", 130, "interrupted: nothing was written"),
                                                      ("SIGTERM", 143, "terminated by SIGTERM: nothing was written")])
 def test_a_signal_while_the_command_line_loads_is_one_line(name: str, code: int, line: str) -> None:
-    """Loading torch takes seconds; the console script's door turns a signal then into one line too."""
+    """Loading torch takes seconds (a detector command loads it when it starts); a signal then is
+    one line too, not a traceback and Python's exit code 1."""
     import subprocess
     import sys
     import time
 
-    script = "import sys; from sanitize.entry import main; sys.argv = ['sanitize', '--help']; main()"
+    script = ("import sys; from sanitize.entry import main; "
+              "sys.argv = ['sanitize', 'ct', 'nope', '--reserve', 'nope', '--out', 'nope-out']; main()")
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(0.6)  # the door is in (tens of ms), torch is not yet (over a second)
+    time.sleep(0.6)  # the command line is in (a few tenths of a second), torch is not yet (over a second)
     proc.send_signal(getattr(signal, name))
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == code and err.strip() == line and "Usage" not in out
@@ -152,7 +154,8 @@ def test_library_warnings_go_to_the_report_not_to_stderr(tmp_path, capsys, monke
         warnings.warn("a second kind", UserWarning, stacklevel=1)
         return DetectionResult("test", np.zeros(len(data)), np.zeros(len(data), bool), [])
 
-    code = cli.run_detector(detect, tmp_path / "data", None, cli.RunOptions(tmp_path / "out", quiet=True))
+    report, _ = pipeline.run(detect, tmp_path / "data", None, pipeline.RunOptions(tmp_path / "out", quiet=True))
+    code = report["summary"]["gate"]["exit_code"]
     assert code == 0 and capsys.readouterr().err == ""
     notes = [n for n in read_report(tmp_path / "out" / "report.json")["summary"]["notes"]
              if n.startswith("library warning")]

@@ -19,7 +19,7 @@ from PIL import Image
 
 from sanitize import examples
 from sanitize.attacks import badnet
-from sanitize.cli import RunOptions, run_detector
+from sanitize.cli_common import run_detector
 from sanitize.html_report import (
     build_html,
     class_threshold,
@@ -28,6 +28,7 @@ from sanitize.html_report import (
     recovered_trigger,
     write_html_report,
 )
+from sanitize.pipeline import RunOptions
 from sanitize.result import DetectionResult
 
 from .conftest import assert_valid_report

@@ -7,65 +7,42 @@ deterministic for a given seed. :data:`ATTACK_INFO` holds the defaults and which
 rate. Constructions and size rules are documented in each module and in ``docs/attacks.md``.
 """
 
+from __future__ import annotations
+
 from collections.abc import Callable
+from importlib import import_module
+from typing import Any
 
-from .base import (
-    AttackInfo,
-    PoisonedSet,
-    Stamp,
-    apply_trigger_to_test,
-    choose_cover_indices,
-    choose_poison_indices,
-    load_trigger,
-)
-from .blend import adap_blend, blend
-from .ember_explanation import ember_explanation
-from .patch import adap_patch, badnet, trojan
-from .sig import sig
-from .tact import tact
-from .wanet import wanet
+from .catalog import ATTACK_INFO, FEATURE_ATTACK_INFO, AttackInfo
 
-Attack = Callable[..., PoisonedSet]
-
-ATTACKS: dict[str, Attack] = {
-    "badnet": badnet,
-    "blend": blend,
-    "trojan": trojan,
-    "sig": sig,
-    "wanet": wanet,
-    "tact": tact,
-    "adap-blend": adap_blend,
-    "adap-patch": adap_patch,
+# name -> module; loaded on first use (PEP 562), so that the catalog above (all the command line
+# needs for --help and option checks) does not import torch.
+_LAZY = {
+    "PoisonedSet": "base", "Stamp": "base", "apply_trigger_to_test": "base", "choose_cover_indices": "base",
+    "choose_poison_indices": "base", "load_trigger": "base",
+    "adap_blend": "blend", "blend": "blend", "ember_explanation": "ember_explanation",
+    "adap_patch": "patch", "badnet": "patch", "trojan": "patch", "sig": "sig", "tact": "tact", "wanet": "wanet",
 }
+# attack name -> function name, for ATTACKS and FEATURE_ATTACKS
+_IMAGE_ATTACKS = {"badnet": "badnet", "blend": "blend", "trojan": "trojan", "sig": "sig", "wanet": "wanet",
+                  "tact": "tact", "adap-blend": "adap_blend", "adap-patch": "adap_patch"}
+_FEATURE_ATTACKS = {"ember-explanation": "ember_explanation"}
 
-ATTACK_INFO: dict[str, AttackInfo] = {
-    info.name: info
-    for info in (
-        AttackInfo("badnet", "dirty label", 0.003, custom_trigger=True,
-                   summary="black/white corner patch, relabelled"),
-        AttackInfo("blend", "dirty label", 0.003, custom_trigger=True,
-                   summary="noise image blended at 20 %, relabelled"),
-        AttackInfo("trojan", "dirty label", 0.003, custom_trigger=True,
-                   summary="opaque colour square, relabelled"),
-        AttackInfo("sig", "clean label", 0.02, summary="sinusoid added to target-class images, labels kept"),
-        AttackInfo("wanet", "dirty label + cover", 0.05, 0.1,
-                   summary="smooth warp, relabelled; jittered-warp covers keep labels"),
-        AttackInfo("tact", "source-specific", 0.003, 0.003, custom_trigger=True, has_source=True,
-                   summary="trigger on source-class images, relabelled; covers from classes 5, 7"),
-        AttackInfo("adap-blend", "adaptive", 0.003, 0.003, custom_trigger=True,
-                   summary="half-masked 15 % blend on poison and covers; full 20 % at test"),
-        AttackInfo("adap-patch", "adaptive", 0.003, 0.006,
-                   summary="four partial-opacity patches on poison and covers; all four at test"),
-    )
-}
+Attack = Callable[..., Any]
 
-# Attacks on feature rows (sanitize.features.FeatureDataset), kept apart from the image attacks
-# above because they take other options (``constrained``, ``trigger_size``) and other inputs.
-FEATURE_ATTACKS: dict[str, Attack] = {"ember-explanation": ember_explanation}
-FEATURE_ATTACK_INFO: dict[str, AttackInfo] = {
-    "ember-explanation": AttackInfo("ember-explanation", "clean label (features)", 0.01,
-                                    summary="explanation-guided trigger on benign EMBER rows, labels kept"),
-}
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(import_module(f".{_LAZY[name]}", __name__), name)
+    elif name == "ATTACKS":
+        value = {key: __getattr__(fn) for key, fn in _IMAGE_ATTACKS.items()}
+    elif name == "FEATURE_ATTACKS":
+        value = {key: __getattr__(fn) for key, fn in _FEATURE_ATTACKS.items()}
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
 
 __all__ = ["ATTACKS", "ATTACK_INFO", "FEATURE_ATTACKS", "FEATURE_ATTACK_INFO", "Attack", "AttackInfo",
            "PoisonedSet", "Stamp", "adap_blend", "adap_patch", "apply_trigger_to_test", "badnet", "blend",

@@ -24,6 +24,7 @@ from torchvision.transforms.v2 import functional as TF
 from ..data import ImageDataset, decode_image
 from ..domains import check_fraction
 from ..errors import SanitizeError
+from .catalog import AttackInfo  # noqa: F401 -- re-exported: its historical home
 
 TestTrigger = Callable[[torch.Tensor], torch.Tensor]
 
@@ -97,19 +98,6 @@ class PoisonedSet:
         mask = np.zeros(len(self.dataset), dtype=bool)
         mask[self.cover_indices] = True
         return mask
-
-
-@dataclass(frozen=True)
-class AttackInfo:
-    """Registry entry: defaults the CLI shows and checks options against."""
-
-    name: str
-    kind: str
-    default_rate: float
-    default_cover_rate: float | None = None
-    custom_trigger: bool = False
-    has_source: bool = False
-    summary: str = ""
 
 
 def derived_rng(seed: int, stream: str) -> np.random.Generator:

@@ -1,0 +1,51 @@
+"""What attacks exist and their defaults, without importing them (no torch): the command line
+lists and checks attacks from here before any of them is loaded.
+
+Default rates are the CIFAR-10 settings of the CT paper's reproduction guide.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class AttackInfo:
+    """Registry entry: defaults the CLI shows and checks options against."""
+
+    name: str
+    kind: str
+    default_rate: float
+    default_cover_rate: float | None = None
+    custom_trigger: bool = False
+    has_source: bool = False
+    summary: str = ""
+
+
+ATTACK_INFO: dict[str, AttackInfo] = {
+    info.name: info
+    for info in (
+        AttackInfo("badnet", "dirty label", 0.003, custom_trigger=True,
+                   summary="black/white corner patch, relabelled"),
+        AttackInfo("blend", "dirty label", 0.003, custom_trigger=True,
+                   summary="noise image blended at 20 %, relabelled"),
+        AttackInfo("trojan", "dirty label", 0.003, custom_trigger=True,
+                   summary="opaque colour square, relabelled"),
+        AttackInfo("sig", "clean label", 0.02, summary="sinusoid added to target-class images, labels kept"),
+        AttackInfo("wanet", "dirty label + cover", 0.05, 0.1,
+                   summary="smooth warp, relabelled; jittered-warp covers keep labels"),
+        AttackInfo("tact", "source-specific", 0.003, 0.003, custom_trigger=True, has_source=True,
+                   summary="trigger on source-class images, relabelled; covers from classes 5, 7"),
+        AttackInfo("adap-blend", "adaptive", 0.003, 0.003, custom_trigger=True,
+                   summary="half-masked 15 % blend on poison and covers; full 20 % at test"),
+        AttackInfo("adap-patch", "adaptive", 0.003, 0.006,
+                   summary="four partial-opacity patches on poison and covers; all four at test"),
+    )
+}
+
+# Attacks on feature rows (sanitize.features.FeatureDataset), kept apart from the image attacks
+# above because they take other options (``constrained``, ``trigger_size``) and other inputs.
+FEATURE_ATTACK_INFO: dict[str, AttackInfo] = {
+    "ember-explanation": AttackInfo("ember-explanation", "clean label (features)", 0.01,
+                                    summary="explanation-guided trigger on benign EMBER rows, labels kept"),
+}

@@ -1,0 +1,90 @@
+"""What the detector commands share: their options, the consoles, and how a run is reported.
+
+Kept free of torch and the detectors (they are imported when a command runs), so that
+``sanitize --help`` and ``sanitize evaluate`` start at once.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .domains import SEED_RANGE
+from .errors import SanitizeError
+
+if TYPE_CHECKING:
+    from .pipeline import Detect, RunOptions
+
+stdout = Console()
+stderr = Console(stderr=True)
+
+DataArg = Annotated[Path, typer.Argument(help="Data to inspect: an image folder (one sub-folder per class) or "
+                                              "feature rows (EMBER X_*.dat folder, .npz/.npy, raw .jsonl).")]
+ReserveOpt = Annotated[Path, typer.Option("--reserve", "-r",
+                                          help="Trusted clean data in the same form (class folders or feature rows).")]
+FormatOpt = Annotated[str, typer.Option("--format", help="Input kind: auto, images, ember, npz or jsonl.")]
+OutOpt = Annotated[Path, typer.Option("--out", "-o", help="New folder for the cleaned dataset and reports.")]
+ForceOpt = Annotated[bool, typer.Option("--force", help="Replace --out if sanitize wrote it (never your own folder).")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed; the same seed on CPU gives identical flags.",
+                                      **SEED_RANGE)]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or summary table.")]
+SizeOpt = Annotated[str | None, typer.Option(
+    "--size", help="Resize images to N or HxW pixels (default: the most common size).")]
+JsonOnlyOpt = Annotated[bool, typer.Option(
+    "--json-only", help="Print only the report summary as one JSON document on stdout (implies --quiet).")]
+MaxFlaggedOpt = Annotated[float, typer.Option(
+    "--max-flagged-fraction", help="Exit 1 only when more than this fraction is flagged (0: any flag).")]
+FailOnDetectOpt = Annotated[bool, typer.Option(
+    "--fail-on-detect", help="Exit 1 whenever a target class is suspected, whatever the flagged fraction.")]
+AlphaOpt = Annotated[float, typer.Option(
+    "--alpha", help="False-alarm level of the class test: the chance that a clean data set has any class "
+                    "suspected (default 0.001; Bonferroni over the classes).")]
+HtmlOpt = Annotated[bool, typer.Option(
+    "--html/--no-html", help="Also write report.html, a self-contained page with thumbnails and histograms.")]
+
+
+def check_arch(arch: str, also: tuple[str, ...] = ()) -> None:
+    """Refuse an --arch that is neither ``auto``, one of ``also``, nor a registered model."""
+    from .models import available_models
+
+    if arch != "auto" and arch not in also and arch not in available_models():
+        raise SanitizeError(f"unknown --arch {arch!r}; choose from {', '.join(('auto', *also, *available_models()))}")
+
+
+def run_detector(detect: Detect, data_dir: Path, reserve_dir: Path | None, opts: RunOptions) -> int:
+    """Run the pipeline (:func:`sanitize.pipeline.run`) and say what it found: the summary table,
+    or one JSON document with ``--json-only``; the exit code is the gate's."""
+    from . import pipeline
+
+    report, out = pipeline.run(detect, data_dir, reserve_dir, opts)
+    if opts.json_only:
+        print(json.dumps({"summary": report["summary"], "out": str(out)}))
+    elif not opts.quiet:
+        print_summary(report, out)
+    return report["summary"]["gate"]["exit_code"]
+
+
+def print_summary(report: dict, out: Path) -> None:
+    summary = report["summary"]
+    table = Table(title=f"sanitize {summary['method']}", show_header=False)
+    table.add_row("samples", str(summary["n_samples"]))
+    table.add_row("flagged", f"{summary['n_flagged']} ({100 * summary['flagged_fraction']:.2f}%)")
+    table.add_row("suspected classes", ", ".join(summary["suspected_classes"]) or "none")
+    table.add_row("time", f"{summary['seconds']:.1f} s on {summary['device']}")
+    settings = summary.get("settings", {})
+    if settings:
+        shown = ("schedule", "arch", "budget", "frr")
+        table.add_row("settings", ", ".join(f"{k}={settings[k]}" for k in shown if k in settings))
+    for note in summary["notes"]:
+        table.add_row("note", note)
+    gate_result = summary.get("gate")
+    if gate_result:
+        table.add_row("gate", "passed" if gate_result["passed"] else "failed: " + "; ".join(gate_result["reasons"]))
+    table.add_row("output", str(out))
+    stdout.print(table)
