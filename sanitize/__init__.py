@@ -11,7 +11,19 @@ What a command does end to end (load, detect, gate, write the cleaned copy and t
 :func:`sanitize.run` with :class:`sanitize.RunOptions`.
 """
 
-__version__ = "0.1.0"
+
+
+def _version() -> str:
+    """The installed distribution's version: pyproject.toml is the one place it is written."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("sanitize")
+    except PackageNotFoundError:  # imported from a source tree that was never installed
+        return "0+unknown"
+
+
+__version__ = _version()
 
 # The public names load on first use (PEP 562), so that importing a light submodule (the console
 # script's door, ``sanitize.exits``) does not load torch.
