@@ -1,0 +1,90 @@
+"""One contract, checked over every registered detector and every data kind (scikit-learn's
+``parametrize_with_checks`` idea): a detector added to the registry is tested here with no test
+of its own.
+
+For each detector: it builds with its defaults, refuses an unknown setting naming it, and on each
+data kind either returns a :class:`DetectionResult` that makes a valid report (one score per
+sample, boolean flags, suspected classes among the data's) or refuses with a one-line
+:class:`SanitizeError`: never another exception, which the command line would turn into exit 3.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from sanitize import examples
+from sanitize.detectors import available_detectors, get_detector
+from sanitize.errors import SanitizeError
+from sanitize.features import FeatureDataset
+from sanitize.report import build_report
+from sanitize.result import DetectionResult
+
+from .conftest import assert_valid_report
+
+DETECTORS = available_detectors()
+
+
+def _feature_rows() -> tuple[FeatureDataset, FeatureDataset]:
+    """300 rows of 16 features in two classes, and a held-out reserve of 60."""
+    x = torch.randn(360, 16, generator=torch.Generator().manual_seed(0))
+    y = torch.arange(360) % 2
+    rows = FeatureDataset(x[:300], y[:300], ["benign", "malicious"], [f"r{i}" for i in range(300)])
+    reserve = FeatureDataset(x[300:].clone(), y[300:].clone(), ["benign", "malicious"], [f"s{i}" for i in range(60)])
+    return rows, reserve
+
+
+@pytest.fixture(scope="module")
+def kinds() -> dict:
+    """Each data kind a detector may be given: (data, reserve)."""
+    data, reserve = examples.split_reserve(examples.digits().subset(range(400)), 0.25, seed=0)
+    return {"images": (data, reserve), "feature rows": _feature_rows()}
+
+
+@pytest.fixture(scope="module")
+def outcomes(kinds) -> dict:
+    """Every detector run once on every kind: the result, or the SanitizeError it refused with."""
+    found = {}
+    for name in DETECTORS:
+        for kind, (data, reserve) in kinds.items():
+            try:
+                found[name, kind] = get_detector(name, device="cpu", seed=0).detect(data, reserve)
+            except SanitizeError as exc:
+                found[name, kind] = exc
+    return found
+
+
+@pytest.mark.parametrize("name", DETECTORS)
+def test_builds_with_defaults_and_names_an_unknown_setting(name: str) -> None:
+    get_detector(name)
+    with pytest.raises(TypeError, match="no_such_setting"):
+        get_detector(name, no_such_setting=1)
+
+
+@pytest.mark.parametrize("kind", ["images", "feature rows"])
+@pytest.mark.parametrize("name", DETECTORS)
+def test_result_or_one_line_refusal(outcomes, kinds, name: str, kind: str) -> None:
+    outcome = outcomes[name, kind]
+    data, _ = kinds[kind]
+    if isinstance(outcome, SanitizeError):
+        assert str(outcome).strip() and "\n" not in str(outcome), outcome
+        assert kind == "feature rows", f"{name} refused {kind}: {outcome}"  # every detector reads images
+        return
+    assert isinstance(outcome, DetectionResult)
+    assert outcome.scores.shape == outcome.flagged.shape == (len(data),)
+    assert outcome.flagged.dtype == bool and np.isfinite(outcome.scores).all()
+    assert all(0 <= c < len(data.classes) for c in outcome.suspected_classes)
+    json.dumps(outcome.settings)  # recorded in report.json as is
+    assert_valid_report(build_report(data, outcome))
+
+
+def test_feature_rows_are_read_by_the_proactive_detectors(outcomes) -> None:
+    """CT and ASSET inspect EMBER-style rows; the passive baselines say they do not."""
+    for name in DETECTORS:
+        refused = isinstance(outcomes[name, "feature rows"], SanitizeError)
+        assert refused == (name not in ("ct", "asset")), name
+        if refused:
+            assert "for feature rows use ct or asset" in str(outcomes[name, "feature rows"])
