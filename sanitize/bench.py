@@ -22,7 +22,6 @@ seed, model schedule); a re-run skips cells whose fingerprint matches and recomp
 from __future__ import annotations
 
 import hashlib
-import html
 import json
 import math
 import time
@@ -35,6 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from . import __version__
 from .attacks import ATTACK_INFO, ATTACKS, PoisonedSet, apply_trigger_to_test
 from .data import ImageDataset
 from .detectors import detector_class, get_detector
@@ -45,6 +45,8 @@ from .errors import SanitizeError
 from .evaluate import Truth, evaluate_report
 from .model_cache import content_hash, trained_model
 from .output import atomic_write, mark_output
+from .pages import render, svg
+from .plots import bench_bars_svg
 from .progress import Progress, Silent
 from .report import build_report
 
@@ -246,62 +248,16 @@ def markdown_table(bench: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def svg_plot(bench: dict[str, Any]) -> str:
-    """Grouped bars, one panel per attack: TPR (filled) and FPR (hatched) per detector."""
-    entries = [e for e in bench["summary"] if e["detector"] != NO_DEFENCE]
-    attacks = list(dict.fromkeys(e["attack"] for e in entries))
-    detectors = list(dict.fromkeys(e["detector"] for e in entries))
-    bar, gap, panel_gap, height, top, left = 14, 10, 40, 200, 30, 40
-    panel_w = len(detectors) * (2 * bar + gap)
-    width = left + len(attacks) * (panel_w + panel_gap)
-    colours = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f"]
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height + top + 70}" '
-             f'font-family="sans-serif" font-size="11">',
-             '<defs><pattern id="hatch" width="4" height="4" patternUnits="userSpaceOnUse">'
-             '<path d="M0,4 L4,0" stroke="#333" stroke-width="1"/></pattern></defs>']
-    for tick in (0, 0.25, 0.5, 0.75, 1.0):
-        y = top + height * (1 - tick)
-        parts.append(f'<line x1="{left - 4}" x2="{width}" y1="{y}" y2="{y}" stroke="#ddd"/>'
-                     f'<text x="{left - 6}" y="{y + 4}" text-anchor="end">{tick:g}</text>')
-    for a, attack in enumerate(attacks):
-        x0 = left + a * (panel_w + panel_gap)
-        parts.append(f'<text x="{x0 + panel_w / 2}" y="{top - 10}" text-anchor="middle" font-weight="bold">'
-                     f'{html.escape(attack)}</text>')
-        for d, detector in enumerate(detectors):
-            e = next((e for e in entries if e["attack"] == attack and e["detector"] == detector), None)
-            x = x0 + d * (2 * bar + gap)
-            colour = colours[d % len(colours)]
-            for k, metric in enumerate(("tpr", "fpr")):
-                value = (e or {}).get(metric)
-                h = height * (value or 0.0)
-                fill = colour if metric == "tpr" else "url(#hatch)"
-                label = f"{detector} {metric.upper()} {'n/a' if value is None else f'{value:.3f}'}"
-                parts.append(f'<rect x="{x + k * bar}" y="{top + height - h}" width="{bar - 1}" height="{h}" '
-                             f'fill="{fill}" stroke="{colour}"><title>{html.escape(label)}</title></rect>')
-            parts.append(f'<text transform="translate({x + bar},{top + height + 8}) rotate(45)" '
-                         f'fill="{colour}">{html.escape(detector)}</text>')
-    parts.append(f'<text x="{left}" y="{height + top + 66}">filled: TPR, hatched: FPR (mean over seeds)</text>')
-    parts.append("</svg>")
-    return "\n".join(parts)
-
-
 def html_report(bench: dict[str, Any]) -> str:
-    rows = []
-    for e in bench["summary"]:
-        cells = "".join(f"<td>{_fmt(e[m], e[f'{m}_std'], 1 if m == 'seconds' else 3)}</td>" for m in METRICS)
-        rows.append(f"<tr><td>{html.escape(e['attack'])}</td><td>{html.escape(e['detector'])}</td>"
-                    f"<td>{len(e['seeds'])}</td>{cells}</tr>")
-    config = html.escape(json.dumps(bench["config"], indent=1, default=str))
-    return ("<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>sanitize bench</title>"
-            "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
-            "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}td:nth-child(-n+2){text-align:left}"
-            "</style></head><body>\n<h1>sanitize bench</h1>\n"
-            f"<p>{bench['n_clean']} clean images, reserve {bench['n_reserve']}, test {bench['n_test']}; "
-            f"device {html.escape(bench['device'])}. TPR/FPR/AUROC against the attack's ground truth; ACC and ASR "
-            "of a model retrained on the cleaned set (row <em>none</em>: no defence).</p>\n"
-            + svg_plot(bench) + "\n<table><tr><th>attack</th><th>detector</th><th>seeds</th><th>TPR</th><th>FPR</th>"
-            "<th>AUROC</th><th>ACC</th><th>ASR</th><th>seconds</th></tr>\n" + "\n".join(rows)
-            + f"\n</table>\n<h2>settings</h2><pre>{config}</pre>\n</body></html>\n")
+    """bench.html: the plot, the table and the settings, on the report page's base template."""
+    rows = [{"attack": e["attack"], "detector": e["detector"], "seeds": len(e["seeds"]),
+             "cells": [_fmt(e[m], e[f"{m}_std"], 1 if m == "seconds" else 3) for m in METRICS]}
+            for e in bench["summary"]]
+    return render("bench.html", title="sanitize bench", version=__version__,
+                  subtitle=f"{len(rows)} attack x detector rows on {bench['n_clean']} clean images",
+                  nav=["matrix", "settings"], bench=bench, rows=rows,
+                  plot=svg(bench_bars_svg(bench, NO_DEFENCE)),
+                  config=json.dumps(bench["config"], indent=1, default=str))
 
 
 def write_outputs(bench: dict[str, Any], out: Path) -> None:

@@ -51,7 +51,8 @@ def test_bench_all_cells_then_resume(bench_folders, tmp_path) -> None:
     assert md.count("\n") == 2 + 6 and "| badnet | spectral |" in md
     page = (out / "bench.html").read_text()
     assert "<svg" in page and "activation-clustering" in page and "http" not in page.replace(
-        "http://www.w3.org/2000/svg", "")  # self-contained: no external resources
+        "http://www.w3.org/2000/svg", "").replace("http-equiv", "")  # self-contained: no external resources
+    assert "Content-Security-Policy" in page and "<script" not in page  # the report page's base template
 
     # Re-run: nothing is recomputed (a detector or a retraining would fail here).
     def fail(*a, **k):

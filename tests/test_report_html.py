@@ -20,14 +20,8 @@ from PIL import Image
 from sanitize import examples
 from sanitize.attacks import badnet
 from sanitize.cli_common import run_detector
-from sanitize.html_report import (
-    build_html,
-    class_threshold,
-    difference_stats,
-    feature_contrast,
-    recovered_trigger,
-    write_html_report,
-)
+from sanitize.evidence import class_threshold, difference_stats, feature_contrast, recovered_trigger
+from sanitize.html_report import build_html, write_html_report
 from sanitize.pipeline import RunOptions
 from sanitize.result import DetectionResult
 
