@@ -177,15 +177,6 @@ def make_sgd(model: nn.Module, lr: float, momentum: float, weight_decay: float,
                            nesterov=nesterov and momentum > 0)
 
 
-def weighted_cross_entropy(logits: torch.Tensor, targets: torch.Tensor,
-                           sample_weights: torch.Tensor | None = None) -> torch.Tensor:
-    """Cross-entropy averaged with per-sample weights (normalised by their sum)."""
-    losses = F.cross_entropy(logits.float(), targets, reduction="none")
-    if sample_weights is None:
-        return losses.mean()
-    return (losses * sample_weights).sum() / sample_weights.sum()
-
-
 @dataclass
 class TrainSpec:
     """One supervised training run: how many epochs, batch size and SGD settings."""

@@ -1072,11 +1072,9 @@ class ASSET:
     selection: str | None = None
     selection_margin: float | None = None
     epsilon: float | None = None
-    bn_mode: str | None = None  # see offset_loop; the schedule's unless set
     model_factory: ModelFactory | None = None
     preprocess: Callable | None = None
     augment: bool | None = None
-    calibrate: bool | None = None  # per-class calibration of the threshold; the schedule's unless set
     alpha: float = DEFAULT_ALPHA  # false-alarm level of the class test (with canaries), Bonferroni over classes
     reserve_check: bool = True  # refuse a reserve that does not fit the data (sanitize.reserve_fit)
 
@@ -1087,8 +1085,7 @@ class ASSET:
         changes = {k: v for k, v in (("batch_size", self.batch_size), ("lr", self.lr), ("mlp_steps", self.mlp_steps),
                                      ("ao_cut", self.ao_cut), ("selection", self.selection),
                                      ("selection_margin", self.selection_margin),
-                                     ("epsilon", self.epsilon), ("bn_mode", self.bn_mode),
-                                     ("class_calibration", self.calibrate)) if v is not None}
+                                     ("epsilon", self.epsilon)) if v is not None}
         schedule = replace(schedule, **changes)
         if schedule.batch_size < 8 or schedule.mlp_steps < 1 or schedule.lr <= 0:
             raise SanitizeError("ASSET needs batch size >= 8, mlp steps >= 1 and a positive learning rate")

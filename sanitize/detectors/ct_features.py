@@ -375,10 +375,3 @@ class RowPool:
         k_idx = torch.arange(len(self.canaries), device=self.canaries.device)
         k_loss, k_logit = row_losses(model, self.canaries.X, self.canaries.labels, k_idx, prep)
         return torch.cat([d_loss, k_loss.to(d_loss.device)]), torch.cat([d_logit, k_logit.to(d_logit.device)])
-
-
-def ct_features(data: FeatureDataset, reserve: FeatureDataset, *, schedule: str | FeatureCTSchedule = "fast",
-                device: str | torch.device = "auto", seed: int = 0, progress: Progress | None = None,
-                cut: str = "data", alpha: float = DEFAULT_ALPHA) -> DetectionResult:
-    """Run Confusion Training on feature rows; see :class:`FeatureConfusionTraining`."""
-    return FeatureConfusionTraining(schedule, "auto", device, seed, progress, cut, alpha).detect(data, reserve)
