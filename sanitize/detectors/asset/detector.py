@@ -1,0 +1,248 @@
+"""The ASSET estimator: inputs, extractor, offset loop, threshold, class test."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ...data import ImageDataset
+from ...devices import PhaseTimer, describe, resolve_device, seed_everything
+from ...engine import (
+    PRECISION,
+    train_supervised,
+)
+from ...errors import SanitizeError
+from ...features import FeatureDataset
+from ...progress import Progress, Silent
+from ...result import DetectionResult
+from ..canaries import DEFAULT_ALPHA, check_alpha, share_notes
+from .inputs import (
+    Inputs,
+    TrainModeMap,
+    extractor_inputs,
+    extractor_spec,
+    feature_inputs,
+    image_inputs,
+    penultimate,
+    with_canaries,
+)
+from .offset import offset_loop, per_sample_loss
+from .schedules import SELECTIONS, AssetSchedule, get_schedule
+from .threshold import (
+    canary_p_values,
+    class_log_loss_medians,
+    demo_threshold,
+    level_set_z,
+    loss_threshold,
+    own_canary_p_values,
+    suspected_from_flags,
+)
+
+ModelFactory = Callable[[], nn.Module]
+Dataset = ImageDataset | FeatureDataset
+
+
+@dataclass
+class ASSET:
+    """ASSET detector (estimator-style: configure, then :meth:`detect`).
+
+    >>> result = ASSET(seed=0).detect(dataset, reserve)
+
+    ``dataset``/``reserve`` are image folders (:class:`ImageDataset`) or feature rows
+    (:class:`FeatureDataset`, e.g. EMBER; see :func:`feature_inputs`). ``model_factory`` (a
+    no-argument callable returning a fresh classifier with ``features_and_logits``),
+    ``preprocess`` (raw stored tensor -> model input) and ``augment`` replace the image
+    defaults, so the same loop runs on other models.
+    """
+
+    schedule: str | AssetSchedule = "fast"
+    arch: str = "auto"
+    device: str | torch.device = "auto"
+    seed: int = 0
+    progress: Progress | None = None
+    batch_size: int | None = None
+    lr: float | None = None
+    mlp_steps: int | None = None
+    ao_cut: float | None = None
+    selection: str | None = None
+    selection_margin: float | None = None
+    epsilon: float | None = None
+    model_factory: ModelFactory | None = None
+    preprocess: Callable | None = None
+    augment: bool | None = None
+    alpha: float = DEFAULT_ALPHA  # false-alarm level of the class test (with canaries), Bonferroni over classes
+    reserve_check: bool = True  # refuse a reserve that does not fit the data (sanitize.reserve_fit)
+
+    def resolved_schedule(self, features: bool = False) -> AssetSchedule:
+        """The schedule with this detector's overrides (``features``: the feature-row schedules)."""
+        schedule = self.schedule if isinstance(self.schedule, AssetSchedule) else get_schedule(self.schedule,
+                                                                                                 features)
+        changes = {k: v for k, v in (("batch_size", self.batch_size), ("lr", self.lr), ("mlp_steps", self.mlp_steps),
+                                     ("ao_cut", self.ao_cut), ("selection", self.selection),
+                                     ("selection_margin", self.selection_margin),
+                                     ("epsilon", self.epsilon)) if v is not None}
+        schedule = replace(schedule, **changes)
+        if schedule.batch_size < 8 or schedule.mlp_steps < 1 or schedule.lr <= 0:
+            raise SanitizeError("ASSET needs batch size >= 8, mlp steps >= 1 and a positive learning rate")
+        if schedule.selection not in SELECTIONS or schedule.selection_margin < 0:
+            raise SanitizeError(f"selection {schedule.selection!r} (margin {schedule.selection_margin}): "
+                                f"expected one of {', '.join(SELECTIONS)} with a margin >= 0")
+        if self.ao_cut is not None and schedule.selection != "ao":
+            raise SanitizeError(f"ao_cut applies to the ao selection only; this schedule selects by "
+                                f"{schedule.selection} (pass selection='ao' too)")
+        level_set_z(schedule.epsilon)
+        check_alpha(self.alpha)
+        if schedule.bn_mode not in ("reserve", "batch-frozen", "batch"):
+            raise SanitizeError(f"bn_mode {schedule.bn_mode!r}: expected reserve, batch-frozen or batch")
+        for name, allowed in (("ao_sides", ("upper", "both")), ("mlp_loss", ("bce", "mse")),
+                              ("features", ("pooled", "map")), ("threshold", ("robust", "demo"))):
+            if getattr(schedule, name) not in allowed:
+                raise SanitizeError(f"{name} {getattr(schedule, name)!r}: expected one of {', '.join(allowed)}")
+        if schedule.features == "map" and schedule.selection == "global":
+            raise SanitizeError("the global selection needs features computed once (features='pooled')")
+        return schedule
+
+    def inputs(self, data: Dataset, reserve: Dataset, device: torch.device) -> Inputs:
+        """Validate the data and put it on ``device`` with its model and preprocessing."""
+        if isinstance(data, FeatureDataset) != isinstance(reserve, FeatureDataset):
+            raise SanitizeError("the reserve must be the same kind of data as the dataset (images or feature rows)")
+        if isinstance(data, FeatureDataset):
+            if self.augment:
+                raise SanitizeError("feature rows have no augmentation: leave augment unset")
+            inputs = feature_inputs(data, reserve, "auto" if self.model_factory else self.arch, device,
+                                    self.reserve_check)
+        elif isinstance(data, ImageDataset):
+            inputs = image_inputs(data, reserve, self.arch, device, custom=self.model_factory is not None,
+                                  reserve_check=self.reserve_check)
+        else:
+            raise SanitizeError(f"asset inspects image folders or feature rows, not {type(data).__name__}")
+        if self.model_factory is not None:
+            if self.preprocess is None and inputs.image_side is not None:
+                raise SanitizeError("a custom model_factory needs a preprocess callable too")
+            inputs.factory, inputs.arch, inputs.embed = self.model_factory, "custom", None  # penultimate features
+            inputs.settings.pop("concentration_features", None)
+        if self.preprocess is not None:
+            inputs.prep = self.preprocess
+        return inputs
+
+    def detect(self, data: Dataset, reserve: Dataset) -> DetectionResult:
+        """Train the extractor on the inspected samples, run the offset loop, score and threshold."""
+        device = resolve_device(self.device)
+        schedule = self.resolved_schedule(features=isinstance(data, FeatureDataset))
+        progress = self.progress or Silent()
+        gen = seed_everything(self.seed)
+        timer = PhaseTimer(device)
+        with timer("load to device"):
+            inp = self.inputs(data, reserve, device)
+            if schedule.canary_fraction > 0:
+                inp = with_canaries(inp, schedule.canary_fraction, gen)
+
+        train_x, train_y = extractor_inputs(inp, schedule.extractor_sees_reserve)
+        base_spec = extractor_spec(schedule, len(train_y), inp.image_side, self.augment)
+        with timer("extractor"), progress.phase("feature extractor", base_spec.epochs) as adv:
+            extractor = train_supervised(inp.factory(), train_x, train_y, base_spec, inp.prep, gen, on_epoch=adv)
+        with timer("features"):
+            if schedule.features == "map" and inp.image_side is not None:
+                d_feats, r_feats = TrainModeMap(extractor, inp.x, inp.prep), TrainModeMap(extractor, inp.reserve_x,
+                                                                                          inp.prep)
+            else:
+                embed = inp.embed or penultimate
+                d_feats, r_feats = embed(extractor, inp.x, inp.prep), embed(extractor, inp.reserve_x, inp.prep)
+                del extractor
+        steps = schedule.offset_steps(len(inp.y))
+        with timer("offset loop"), progress.phase("offset loop", steps) as adv:
+            offset = inp.factory()
+            log = offset_loop(offset, inp.x, inp.y, inp.reserve_x, d_feats, r_feats, schedule, inp.prep, gen, adv,
+                              schedule.bn_mode, inp.n_canaries)
+        with timer("score"), progress.phase("score", 1) as adv:
+            losses = per_sample_loss(offset, inp.x, inp.y, inp.prep).cpu().numpy()
+            labels = inp.y.cpu().numpy()
+            if inp.n_canaries:
+                class_shift = class_log_loss_medians(losses, labels, inp.num_classes)
+            else:
+                reserve_losses = per_sample_loss(offset, inp.reserve_x, inp.reserve_y, inp.prep).cpu().numpy()
+                class_shift = class_log_loss_medians(reserve_losses, inp.reserve_y.cpu().numpy(), inp.num_classes)
+            if schedule.threshold == "demo":
+                flagged, cut = demo_threshold(losses, schedule.epsilon)
+                flagged = flagged[:len(flagged) - inp.n_canaries]
+            else:
+                flagged, cut = loss_threshold(losses, schedule.epsilon,
+                                              class_shift[labels] if schedule.class_calibration else None,
+                                              inp.n_canaries)
+            adv()
+        n = len(flagged)  # the inspected samples, without the canaries
+        own_p = own_canary_p_values(losses, labels, n, inp.num_classes) if inp.n_canaries else None
+        result = self._result(inp, losses[:n], flagged, labels[:n], class_shift, self.alpha, own_p)
+        result.timings = timer.timings
+        result.seed = self.seed
+        result.device = describe(device)
+        result.settings = {"schedule": schedule.name, "arch": inp.arch, **_schedule_settings(schedule),
+                           "offset_steps": log.steps,
+                           "empty_selections": log.empty_selections, "selected_total": log.selected,
+                           **({"global_selected": log.global_selected} if log.global_selected is not None else {}),
+                           "canaries": inp.n_canaries, "threshold": cut, **inp.settings,
+                           "precision": PRECISION[device.type == "cuda"]}
+        if log.empty_selections:
+            result.notes.append(f"{log.empty_selections} of {log.steps} offset steps selected nothing "
+                                f"(max step skipped)")
+        result.notes.extend(inp.notes)
+        return result
+
+    @staticmethod
+    def _result(inp: Inputs, losses: np.ndarray, flagged: np.ndarray, labels: np.ndarray,
+                class_shift: np.ndarray, alpha: float, own_p: np.ndarray | None = None) -> DetectionResult:
+        """Scores and flags of every input row (rows not inspected: score 0, never flagged), per-class stats.
+
+        With canaries a class is suspected when its pooled p-value is below ``alpha`` over the
+        classes. Its p-value against its own canaries (``own_p``) is reported beside it but does
+        not decide, unlike CT's: with a fifth of the reserve as canaries, requiring it would
+        cost ASSET the power to name a target at 20 reserve images per class (4 canaries of its
+        own), and the pooled test has not named a clean class in any clean run measured
+        (docs/asset.md, "The class test").
+        """
+        c = inp.num_classes
+        if inp.n_canaries:
+            p_values = canary_p_values(flagged, labels, c, inp.n_canaries)
+            level = alpha / max(1, int((np.bincount(labels, minlength=c) > 0).sum()))
+            suspected = [k for k in range(c) if p_values[k] < level]
+        else:
+            p_values, suspected = None, suspected_from_flags(flagged, labels, c)
+        sizes = np.bincount(labels, minlength=c)
+        n_flag = np.bincount(labels[flagged], minlength=c)
+        notes = []
+        if p_values is not None:  # a class the test clears keeps its samples: they are what clean data shows
+            cleared = flagged & ~np.isin(labels, suspected)
+            if cleared.any():
+                notes.append(f"{int(cleared.sum())} sample(s) above the cut in classes the canary test clears "
+                             f"were kept (as many as clean data gives by chance)")
+            flagged = flagged & ~cleared
+        notes.extend(share_notes(flagged, labels, suspected, [str(k) for k in range(c)]))
+        stats = [{"class": k, "n_samples": int(sizes[k]), "n_above_cut": int(n_flag[k]),
+                  "median_loss": float(np.median(losses[labels == k])) if sizes[k] else None,
+                  "median_log_loss": float(class_shift[k]),
+                  "suspected": k in suspected} for k in range(c)]
+        if p_values is not None:
+            for entry, p_value, p_own in zip(stats, p_values, own_p, strict=True):
+                entry.update(p_value=float(p_value), p_value_own=float(p_own))
+        scores = np.zeros(inp.n_rows)
+        all_flags = np.zeros(inp.n_rows, dtype=bool)
+        scores[inp.inspected] = losses
+        all_flags[inp.inspected] = flagged
+        return DetectionResult("asset", scores=scores, flagged=all_flags, suspected_classes=suspected,
+                               class_stats=stats, notes=notes)
+
+
+def _schedule_settings(schedule: AssetSchedule) -> dict[str, Any]:
+    settings = asdict(schedule)
+    settings.pop("name")
+    return settings
+
+
+def asset(data: Dataset, reserve: Dataset, **settings: Any) -> DetectionResult:
+    """Run ASSET on ``data`` with the trusted ``reserve``; keyword settings as in :class:`ASSET`."""
+    return ASSET(**settings).detect(data, reserve)
