@@ -29,14 +29,17 @@ from .cli_common import (
     ForceOpt,
     FormatOpt,
     HtmlOpt,
+    InputFormat,
     JsonOnlyOpt,
     MaxFlaggedOpt,
+    OldFormatOpt,
     OutOpt,
     QuietOpt,
     ReserveOpt,
     SeedOpt,
     SizeOpt,
     check_arch,
+    input_format,
     run_detector,
     stderr,
     stdout,
@@ -88,7 +91,8 @@ def ct_command(
     json_only: JsonOnlyOpt = False,
     max_flagged_fraction: MaxFlaggedOpt = 0.0,
     fail_on_detect: FailOnDetectOpt = False,
-    fmt: FormatOpt = "auto",
+    fmt: FormatOpt = InputFormat.auto,
+    fmt_old: OldFormatOpt = None,
     html: HtmlOpt = True,
 ) -> int:
     """Confusion Training (Qi et al., USENIX Security 2023): flag poison samples in DATA."""
@@ -111,7 +115,7 @@ def ct_command(
         return ConfusionTraining(schedule, arch, device, seed, progress, alpha).detect(d, r)
 
     return run_detector(detect, data, reserve, RunOptions(out, force, size, quiet, json_only, max_flagged_fraction,
-                                                          fail_on_detect, fmt, html))
+                                                          fail_on_detect, input_format(fmt, fmt_old), html))
 
 
 @app.command("demo")

@@ -14,14 +14,17 @@ from .cli_common import (
     ForceOpt,
     FormatOpt,
     HtmlOpt,
+    InputFormat,
     JsonOnlyOpt,
     MaxFlaggedOpt,
+    OldFormatOpt,
     OutOpt,
     QuietOpt,
     ReserveOpt,
     SeedOpt,
     SizeOpt,
     check_arch,
+    input_format,
     run_detector,
 )
 
@@ -60,7 +63,8 @@ def asset_command(
     json_only: JsonOnlyOpt = False,
     max_flagged_fraction: MaxFlaggedOpt = 0.0,
     fail_on_detect: FailOnDetectOpt = False,
-    fmt: FormatOpt = "auto",
+    fmt: FormatOpt = InputFormat.auto,
+    fmt_old: OldFormatOpt = None,
     html: HtmlOpt = True,
 ) -> int:
     """ASSET (Pan et al., USENIX Security 2023): flag poison samples in DATA by active offset."""
@@ -80,4 +84,4 @@ def asset_command(
         return detector.detect(d, r)
 
     return run_detector(detect, data, reserve, RunOptions(out, force, size, quiet, json_only, max_flagged_fraction,
-                                                          fail_on_detect, fmt, html))
+                                                          fail_on_detect, input_format(fmt, fmt_old), html))

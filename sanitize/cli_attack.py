@@ -44,6 +44,15 @@ def _attack_help() -> str:
     return "Attack (default rate): " + ", ".join(rows) + ". See docs/attacks.md and docs/ember.md."
 
 
+def _one_out(positional: Path | None, option: Path | None) -> Path:
+    """The output folder, given as ``--out`` like every other command or as OUT_DIR (the first form)."""
+    if positional is not None and option is not None:
+        raise SanitizeError("give the output folder once: as --out or as OUT_DIR")
+    if positional is None and option is None:
+        raise SanitizeError("missing the output folder: --out FOLDER")
+    return positional if positional is not None else option
+
+
 def check_options(name: str, rate: float | None, cover_rate: float | None, source: str | None,
                   cover_classes: str | None, trigger: Path | None, mask: Path | None,
                   test: Path | None, test_out: Path | None) -> None:
@@ -90,7 +99,8 @@ def attack_params(name: str, data: ImageDataset, rate: float | None, cover_rate:
 def attack_command(
     name: Annotated[str, typer.Argument(help=_attack_help(), show_default=False)],
     clean_dir: Annotated[Path, typer.Argument(help="Clean image folder: one sub-folder per class.")],
-    out_dir: Annotated[Path, typer.Argument(help="New folder for the poisoned set and poison.json.")],
+    out_dir: Annotated[Path | None, typer.Argument(help="New folder for the poisoned set and poison.json (or "
+                                                        "--out).", show_default=False)] = None,
     rate: Annotated[float | None, typer.Option(help="Poison fraction of the whole set (default: per attack).")
                     ] = None,
     target: Annotated[str, typer.Option(help="Target class: folder name or index.")] = "0",
@@ -117,10 +127,15 @@ def attack_command(
     trigger_size: Annotated[int | None, typer.Option(
         "--trigger-size", min=1, help="ember-explanation: trigger features (default 17 constrained, 32 otherwise).")
                             ] = None,
-    fmt: Annotated[str, typer.Option("--format", help="ember-explanation input: auto, ember, npz or jsonl.")
+    fmt: Annotated[str, typer.Option("--input-format", help="ember-explanation input: auto, ember, npz or jsonl.")
                    ] = "auto",
+    fmt_old: Annotated[str | None, typer.Option("--format", hidden=True)] = None,  # the old name, one release
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="New folder for the poisoned set and poison.json "
+                                                                 "(or give it as OUT_DIR).")] = None,
 ) -> int:
-    """Poison CLEAN_DIR with a backdoor attack into OUT_DIR and record the ground truth in poison.json."""
+    """Poison CLEAN_DIR with a backdoor attack into --out (or OUT_DIR) and record the ground truth in poison.json."""
+    out_dir = _one_out(out_dir, out)
+    fmt = fmt_old if fmt_old is not None and fmt == "auto" else fmt
 
     name = name.lower()
     if name in FEATURE_ATTACK_INFO:
@@ -134,7 +149,7 @@ def attack_command(
         return feature_attack(name, clean_dir, out_dir, rate, target, seed, constrained, trigger_size, fmt,
                               force, quiet)
     if constrained or trigger_size is not None or fmt != "auto":
-        raise SanitizeError(f"--constrained, --trigger-size and --format apply to feature attacks, not {name}")
+        raise SanitizeError(f"--constrained, --trigger-size and --input-format apply to feature attacks, not {name}")
     check_options(name, rate, cover_rate, source, cover_classes, trigger, mask, test, test_out)
     with ExitStack() as claims:  # both folders checked and locked before any work, until the results are in place
         out = claims.enter_context(claim_out_dir(out_dir, [clean_dir, test], force, "OUT_DIR"))

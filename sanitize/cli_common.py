@@ -7,6 +7,7 @@ Kept free of torch and the detectors (they are imported when a command runs), so
 from __future__ import annotations
 
 import json
+from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -27,7 +28,32 @@ DataArg = Annotated[Path, typer.Argument(help="Data to inspect: an image folder 
                                               "feature rows (EMBER X_*.dat folder, .npz/.npy, raw .jsonl).")]
 ReserveOpt = Annotated[Path, typer.Option("--reserve", "-r",
                                           help="Trusted clean data in the same form (class folders or feature rows).")]
-FormatOpt = Annotated[str, typer.Option("--format", help="Input kind: auto, images, ember, npz or jsonl.")]
+
+
+class InputFormat(str, Enum):
+    """What DATA is: an image folder or one of the feature-row formats (``auto``: detected)."""
+
+    auto = "auto"
+    images = "images"
+    ember = "ember"
+    npz = "npz"
+    jsonl = "jsonl"
+
+
+FormatOpt = Annotated[InputFormat, typer.Option("--input-format", help="Input kind (auto: detected from the files).")]
+# The flag's name until 0.1: accepted, hidden from --help, for one release.
+OldFormatOpt = Annotated[InputFormat | None, typer.Option("--format", hidden=True)]
+
+
+def input_format(given: InputFormat, old: InputFormat | None) -> str:
+    """``--input-format``, or the old ``--format`` when that is what the user wrote."""
+    if old is None:
+        return given.value
+    if given is not InputFormat.auto and given is not old:
+        raise SanitizeError("--format is the old name of --input-format: give one of them")
+    return old.value
+
+
 OutOpt = Annotated[Path, typer.Option("--out", "-o", help="New folder for the cleaned dataset and reports.")]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Replace --out if sanitize wrote it (never your own folder).")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]

@@ -19,13 +19,16 @@ from .cli_common import (
     ForceOpt,
     FormatOpt,
     HtmlOpt,
+    InputFormat,
     JsonOnlyOpt,
     MaxFlaggedOpt,
+    OldFormatOpt,
     OutOpt,
     QuietOpt,
     SeedOpt,
     SizeOpt,
     check_arch,
+    input_format,
     run_detector,
 )
 from .domains import check_epochs
@@ -118,7 +121,8 @@ def scan_command(
     json_only: JsonOnlyOpt = False,
     max_flagged_fraction: MaxFlaggedOpt = 0.0,
     fail_on_detect: FailOnDetectOpt = False,
-    fmt: FormatOpt = "auto",
+    fmt: FormatOpt = InputFormat.auto,
+    fmt_old: OldFormatOpt = None,
     html: HtmlOpt = True,
 ) -> int:
     """Passive baselines: Spectral Signatures, Activation Clustering, STRIP, SCAn, SPECTRE."""
@@ -137,4 +141,4 @@ def scan_command(
         return get_detector(method, device=device, seed=seed, progress=progress, **settings).detect(d, r)
 
     return run_detector(detect, data, reserve, RunOptions(out, force, size, quiet, json_only, max_flagged_fraction,
-                                                          fail_on_detect, fmt, html))
+                                                          fail_on_detect, input_format(fmt, fmt_old), html))

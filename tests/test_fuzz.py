@@ -110,7 +110,11 @@ def _cases(root: Path, out: Path) -> dict[str, list]:
         "max flagged fraction 2": [*ct, "--out", out, "--max-flagged-fraction", "2"],
         "size 0": [*ct, "--out", out, "--size", "0"],
         "size abc": [*ct, "--out", out, "--size", "abc"],
-        "unknown input format": [*ct, "--out", out, "--format", "bogus"],
+        "unknown input format": [*ct, "--out", out, "--input-format", "bogus"],
+        "unknown input format (old flag)": [*ct, "--out", out, "--format", "bogus"],
+        "input format given twice": [*ct, "--out", out, "--input-format", "npz", "--format", "jsonl"],
+        "attack: out given twice": ["attack", "badnet", data, out, "--out", out],
+        "attack: no out": ["attack", "badnet", data],
         "unknown option": [*ct, "--out", out, "--bogus"],
         "unknown scan method": ["scan", "nope", data, "--reserve", reserve, "--out", out],
         # where the outputs go
@@ -200,3 +204,14 @@ def test_the_image_size_limit_is_the_users_to_set(corpus, tmp_path, capsys, monk
     assert message in capsys.readouterr().err
     monkeypatch.setenv("SANITIZE_MAX_IMAGE_PIXELS", "64")
     assert run_cli("attack", "badnet", corpus / "data", tmp_path / "out", "-q") == 0
+
+
+def test_the_old_format_flag_is_read_for_one_release() -> None:
+    from sanitize.cli_common import InputFormat, input_format
+    from sanitize.errors import SanitizeError
+
+    assert input_format(InputFormat.auto, None) == "auto"
+    assert input_format(InputFormat.npz, None) == input_format(InputFormat.auto, InputFormat.npz) == "npz"
+    assert input_format(InputFormat.npz, InputFormat.npz) == "npz"
+    with pytest.raises(SanitizeError, match="old name of --input-format"):
+        input_format(InputFormat.npz, InputFormat.jsonl)
