@@ -215,3 +215,11 @@ def test_the_old_format_flag_is_read_for_one_release() -> None:
     assert input_format(InputFormat.npz, InputFormat.npz) == "npz"
     with pytest.raises(SanitizeError, match="old name of --input-format"):
         input_format(InputFormat.npz, InputFormat.jsonl)
+
+
+def test_the_input_format_choices_are_the_readers() -> None:
+    """The command line lists the formats without importing the readers (torch); the lists agree."""
+    from sanitize.cli_common import InputFormat
+    from sanitize.features import FORMATS
+
+    assert tuple(f.value for f in InputFormat) == FORMATS
