@@ -26,7 +26,7 @@ import torch
 
 from sanitize import ember, ember_synth
 from sanitize.attacks.ember_explanation import choose_trigger
-from sanitize.detectors.ct_features import FeatureConfusionTraining
+from sanitize.detectors.ct import FeatureConfusionTraining
 from sanitize.features import load_features
 
 POOL = 4000

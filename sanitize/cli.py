@@ -97,8 +97,7 @@ def ct_command(
 ) -> int:
     """Confusion Training (Qi et al., USENIX Security 2023): flag poison samples in DATA."""
     from .detectors.canaries import check_alpha
-    from .detectors.ct import ConfusionTraining, get_schedule
-    from .detectors.ct_features import FeatureConfusionTraining
+    from .detectors.ct import ConfusionTraining, FeatureConfusionTraining, get_schedule
     from .devices import resolve_device
     from .features import FeatureDataset
     from .pipeline import RunOptions, refuse_ember_mlp_on_images

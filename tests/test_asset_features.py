@@ -27,7 +27,7 @@ from sanitize.detectors.asset import (
     with_canaries,
     with_overrides,
 )
-from sanitize.detectors.ct_features import ember_mlp
+from sanitize.detectors.ct import ember_mlp
 from sanitize.features import FeatureDataset, load_feature_reserve, load_features
 from sanitize.output import write_image_subset
 

@@ -24,7 +24,7 @@ from ...errors import SanitizeError
 from ...features import FeatureDataset, check_feature_reserve
 from ...models import Classifier, build_model, default_arch
 from ...reserve_fit import fitted_reserve
-from ..ct_features import Standardise, ember_mlp
+from ..ct.rows import Standardise, ember_mlp
 from .offset import batch_norm_without_update
 from .schedules import AssetSchedule
 

@@ -31,16 +31,16 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..devices import PhaseTimer, describe, resolve_device, seed_everything
-from ..engine import epoch_batches, make_sgd, planned_batches
-from ..errors import SanitizeError
-from ..features import FeatureDataset, check_feature_reserve
-from ..models import Classifier
-from ..progress import Progress, Silent
-from ..reserve_fit import fitted_reserve
-from ..result import DetectionResult
-from .canaries import DEFAULT_ALPHA, canary_class_test, check_alpha, class_robust_z, share_notes
-from .ct import distill, fewest_samples, split_canaries
+from ...devices import PhaseTimer, describe, resolve_device, seed_everything
+from ...engine import epoch_batches, make_sgd, planned_batches
+from ...errors import SanitizeError
+from ...features import FeatureDataset, check_feature_reserve
+from ...models import Classifier
+from ...progress import Progress, Silent
+from ...reserve_fit import fitted_reserve
+from ...result import DetectionResult
+from ..canaries import DEFAULT_ALPHA, canary_class_test, check_alpha, class_robust_z, share_notes
+from .distillation import distill, fewest_samples, split_canaries
 
 
 @dataclass(frozen=True)
