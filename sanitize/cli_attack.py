@@ -168,7 +168,7 @@ def _poison_and_write(name: str, clean_dir: Path, out: Path, target: str, seed: 
                       force: bool) -> dict:
     """Poison the clean folder and write OUT_DIR (and the triggered test copy); the poison.json record."""
     from .attacks import ATTACKS, apply_trigger_to_test, load_trigger
-    from .attacks.io import poison_record, save_stamp, write_poisoned, write_triggered_test
+    from .attacks.io import poison_record, save_stamp, write_poison_json, write_poisoned, write_triggered_test
     from .data import load_image_folder, load_like
     from .output import staged_output
 
@@ -192,7 +192,7 @@ def _poison_and_write(name: str, clean_dir: Path, out: Path, target: str, seed: 
             test_info = {"input": str(Path(test).resolve()), "output": str(test_dest), "n_images": len(triggered),
                          "selection": "source class" if poisoned.source is not None else "all but the target class"}
         record = poison_record(data, poisoned, paths, trigger_files, test_info, trigger)
-        (staging / "poison.json").write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+        write_poison_json(staging, record)
         if triggered is not None and test_dest is not None:
             with staged_output(test_dest, force, "--test-out") as test_staging:
                 written = write_triggered_test(triggered, test_staging)

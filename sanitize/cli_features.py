@@ -168,8 +168,8 @@ def _poison_rows_and_write(name: str, clean: Path, out: Path, rate: float | None
     """Poison the rows and write them in the input format with poison.json; the record and the number
     of unlabelled rows."""
     from .attacks import FEATURE_ATTACK_INFO, FEATURE_ATTACKS
+    from .attacks.io import feature_poison_record, write_poison_json
     from .features import load_features, write_features
-    from .report import library_versions
 
     info = FEATURE_ATTACK_INFO[name]
     data = load_features(clean, fmt)
@@ -177,19 +177,8 @@ def _poison_rows_and_write(name: str, clean: Path, out: Path, rate: float | None
     rate = info.default_rate if rate is None else rate
     poisoned = FEATURE_ATTACKS[name](data, rate=rate, target=target_index, seed=seed, constrained=constrained,
                              trigger_size=trigger_size)
-    ids = poisoned.dataset.paths
-    record = {
-        "schema_version": 1, "attack": name, "kind": info.kind, "params": poisoned.params, "seed": seed,
-        "target": target_index, "target_class": data.classes[target_index], "source": None, "source_class": None,
-        "cover_classes": [], "cover_class_names": [], "clean_label": True, "classes": list(data.classes),
-        "n_samples": len(data), "n_poison": len(poisoned.poison_indices), "n_cover": 0,
-        "n_features": data.dim, "feature_version": data.feature_version,
-        "input": str(Path(clean).resolve()), "format": data.source.format if data.source else None,
-        "poison": [ids[i] for i in poisoned.poison_indices.tolist()], "cover": [],
-        "notes": list(data.notes), "versions": library_versions(),
-    }
     with staged_output(out, force) as staging:
         files = write_features(poisoned.dataset, np.arange(len(data)), staging)
-        record["files"] = files
-        (staging / "poison.json").write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+        record = feature_poison_record(data, poisoned, clean, files)
+        write_poison_json(staging, record)
     return record, data.n_unlabelled

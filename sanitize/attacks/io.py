@@ -9,6 +9,7 @@ suffix. ``poison.json`` is the ground truth ``sanitize evaluate`` scores against
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -20,7 +21,7 @@ from ..data import ImageDataset
 from ..output import write_image_subset
 from ..report import library_versions
 from .base import PoisonedSet, Stamp
-from .catalog import ATTACK_INFO
+from .catalog import ATTACK_INFO, FEATURE_ATTACK_INFO
 
 POISON_SCHEMA_VERSION = 1
 
@@ -81,19 +82,14 @@ def write_triggered_test(triggered: ImageDataset, directory: Path) -> list[str]:
     return written
 
 
-def poison_record(data: ImageDataset, poisoned: PoisonedSet, paths: list[str], trigger_files: list[str],
-                  test_info: dict[str, Any] | None, trigger: Path | None) -> dict[str, Any]:
-    """The ground truth written as poison.json (format in docs/attacks.md)."""
+def _record(data: Any, poisoned: PoisonedSet, kind: str, paths: list[str]) -> dict[str, Any]:
+    """What every poison.json holds, for image folders and feature rows alike."""
     classes = data.classes
-    params = _json_params(poisoned.params)
-    if trigger is not None:
-        params["trigger_file"] = {"path": str(Path(trigger).resolve()), "sha256": _sha256(Path(trigger))}
-    modified = np.concatenate([poisoned.poison_indices, poisoned.cover_indices]).tolist()
     return {
         "schema_version": POISON_SCHEMA_VERSION,
         "attack": poisoned.attack,
-        "kind": ATTACK_INFO[poisoned.attack].kind,
-        "params": params,
+        "kind": kind,
+        "params": _json_params(poisoned.params),
         "seed": poisoned.seed,
         "target": poisoned.target,
         "target_class": classes[poisoned.target],
@@ -106,14 +102,40 @@ def poison_record(data: ImageDataset, poisoned: PoisonedSet, paths: list[str], t
         "n_samples": len(data),
         "n_poison": len(poisoned.poison_indices),
         "n_cover": len(poisoned.cover_indices),
+        "poison": [paths[i] for i in poisoned.poison_indices.tolist()],
+        "cover": [paths[i] for i in poisoned.cover_indices.tolist()],
+        "notes": list(data.notes),
+        "versions": library_versions(),
+    }
+
+
+def poison_record(data: ImageDataset, poisoned: PoisonedSet, paths: list[str], trigger_files: list[str],
+                  test_info: dict[str, Any] | None, trigger: Path | None) -> dict[str, Any]:
+    """The ground truth of an image attack, written as poison.json (format in docs/attacks.md)."""
+    record = _record(data, poisoned, ATTACK_INFO[poisoned.attack].kind, paths)
+    if trigger is not None:
+        record["params"]["trigger_file"] = {"path": str(Path(trigger).resolve()), "sha256": _sha256(Path(trigger))}
+    modified = np.concatenate([poisoned.poison_indices, poisoned.cover_indices]).tolist()
+    record.update({
         "image_size": list(data.size),
         "channels": data.channels,
         "input": str(Path(data.root).resolve()) if data.root is not None else None,
         "trigger_files": trigger_files,
-        "poison": [paths[i] for i in poisoned.poison_indices.tolist()],
-        "cover": [paths[i] for i in poisoned.cover_indices.tolist()],
         "origin": {paths[i]: data.paths[i] for i in modified},
         "test": test_info,
-        "notes": list(data.notes),
-        "versions": library_versions(),
-    }
+    })
+    return record
+
+
+def feature_poison_record(data: Any, poisoned: PoisonedSet, clean: Path, files: list[str]) -> dict[str, Any]:
+    """The ground truth of a feature-row attack (rows keep their ids; format in docs/ember.md)."""
+    record = _record(data, poisoned, FEATURE_ATTACK_INFO[poisoned.attack].kind, poisoned.dataset.paths)
+    record.update({"n_features": data.dim, "feature_version": data.feature_version,
+                   "input": str(Path(clean).resolve()), "format": data.source.format if data.source else None,
+                   "files": files})
+    return record
+
+
+def write_poison_json(directory: Path, record: dict[str, Any]) -> None:
+    """``poison.json`` in the (staging) folder of a poisoned set."""
+    (directory / "poison.json").write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")

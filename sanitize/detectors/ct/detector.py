@@ -56,7 +56,7 @@ class ConfusionTraining:
     reserve_check: bool = True  # refuse a reserve that does not fit the data (sanitize.reserve_fit)
 
     def detect(self, data: ImageDataset, reserve: ImageDataset) -> DetectionResult:
-        from ..features import FeatureDataset
+        from ...features import FeatureDataset
 
         if isinstance(data, FeatureDataset):  # feature rows (EMBER): the paper's feature variant
             from .rows import FeatureConfusionTraining
