@@ -63,7 +63,7 @@ from .exits import (  # noqa: F401 -- EXIT_* are part of this module's interface
 )
 
 if TYPE_CHECKING:
-    from .pipeline import Dataset
+    from .datasets import Dataset
     from .progress import Progress
     from .result import DetectionResult
 
@@ -97,10 +97,9 @@ def ct_command(
 ) -> int:
     """Confusion Training (Qi et al., USENIX Security 2023): flag poison samples in DATA."""
     from .detectors.canaries import check_alpha
-    from .detectors.ct import ConfusionTraining, FeatureConfusionTraining, get_schedule
+    from .detectors.ct import ConfusionTraining, get_schedule
     from .devices import resolve_device
-    from .features import FeatureDataset
-    from .pipeline import RunOptions, refuse_ember_mlp_on_images
+    from .pipeline import RunOptions
 
     get_schedule(schedule)
     resolve_device(device)
@@ -108,10 +107,7 @@ def ct_command(
     check_alpha(alpha)
 
     def detect(d: Dataset, r: Dataset, progress: Progress) -> DetectionResult:
-        if isinstance(d, FeatureDataset):
-            return FeatureConfusionTraining(schedule, arch, device, seed, progress, alpha=alpha).detect(d, r)
-        refuse_ember_mlp_on_images(arch, d)
-        return ConfusionTraining(schedule, arch, device, seed, progress, alpha).detect(d, r)
+        return ConfusionTraining(schedule, arch, device, seed, progress, alpha).detect(d, r)  # rows too
 
     return run_detector(detect, data, reserve, RunOptions(out, force, size, quiet, json_only, max_flagged_fraction,
                                                           fail_on_detect, input_format(fmt, fmt_old), html))

@@ -29,7 +29,7 @@ from .cli_common import (
 )
 
 if TYPE_CHECKING:
-    from .pipeline import Dataset
+    from .datasets import Dataset
     from .progress import Progress
     from .result import DetectionResult
 
@@ -70,7 +70,7 @@ def asset_command(
     """ASSET (Pan et al., USENIX Security 2023): flag poison samples in DATA by active offset."""
     from .detectors.asset import ASSET
     from .devices import resolve_device
-    from .pipeline import RunOptions, refuse_ember_mlp_on_images
+    from .pipeline import RunOptions
 
     resolve_device(device)
     check_arch(arch, also=("ember_mlp",))
@@ -79,7 +79,6 @@ def asset_command(
     detector.resolved_schedule()  # bad --schedule / --epsilon / --batch-size: exit 2 before any loading
 
     def detect(d: Dataset, r: Dataset, progress: Progress) -> DetectionResult:
-        refuse_ember_mlp_on_images(arch, d)
         detector.progress = progress
         return detector.detect(d, r)
 

@@ -84,6 +84,19 @@ class ImageDataset:
     def class_counts(self) -> np.ndarray:
         return np.bincount(self.labels.cpu().numpy(), minlength=self.num_classes)
 
+    # The :class:`sanitize.datasets.Dataset` protocol: what the pipeline asks of any kind of data.
+    kind = "images"
+
+    def write_subset(self, keep: Sequence[int] | np.ndarray, directory: Path) -> None:
+        """The kept samples as an image folder (hard links to the input's files where possible)."""
+        from .output import write_image_subset
+
+        write_image_subset(self, keep, directory)
+
+    def report_evidence(self) -> dict:
+        """What report.html draws from: the pixels (thumbnails and the recovered trigger)."""
+        return {"images": self.images}
+
 
 def from_arrays(images: np.ndarray, labels: np.ndarray, classes: Sequence[str],
                 paths: Sequence[str] | None = None) -> ImageDataset:

@@ -12,18 +12,18 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
-from .data import ImageDataset, load_image_folder, load_reserve
+from .datasets import Dataset
+from .datasets import load_inputs as read_inputs
 from .domains import parse_size
 from .errors import SanitizeError
 from .exits import EXIT_CLEAN, EXIT_FLAGGED, warnings_as_notes
-from .features import FORMATS, FeatureDataset, detect_format, load_feature_reserve, load_features, write_features
+from .features import FORMATS
 from .html_report import write_html_report
-from .output import claim_out_dir, staged_output, write_image_subset
+from .output import claim_out_dir, staged_output
 from .progress import Progress, RichProgress, Silent
 from .report import build_report, write_report
 from .result import DetectionResult
 
-Dataset = ImageDataset | FeatureDataset
 # The reserve is None only for detectors that work without one (the passive baselines).
 Detect = Callable[[Dataset, Dataset | None, Progress], DetectionResult]
 
@@ -68,31 +68,8 @@ def gate(summary: dict, max_flagged_fraction: float = 0.0, fail_on_detect: bool 
 
 
 def load_inputs(data_dir: Path, reserve_dir: Path | None, opts: RunOptions) -> tuple[Dataset, Dataset | None]:
-    """The inspected data and its reserve, read as the kind ``opts.format`` names (or detected)."""
-    kind = detect_format(data_dir) if opts.format == "auto" else opts.format
-    if kind == "images":
-        data = load_image_folder(data_dir, size=parse_size(opts.size))
-        return data, load_reserve(reserve_dir, data) if reserve_dir is not None else None
-    if opts.size is not None:
-        raise SanitizeError("--size applies to image folders, not feature rows")
-    data = load_features(data_dir, kind)
-    return data, load_feature_reserve(reserve_dir, data) if reserve_dir is not None else None
-
-
-def write_kept(data: Dataset, keep, directory: Path) -> None:
-    """The cleaned set in the input's own form: image files, or feature rows in the input format."""
-    if isinstance(data, FeatureDataset):
-        write_features(data, keep, directory)
-    else:
-        write_image_subset(data, keep, directory)
-
-
-def write_html(report: dict, data: Dataset, directory: Path) -> None:
-    """report.html with the evidence the data allows: thumbnails and triggers, or feature contrasts."""
-    if isinstance(data, FeatureDataset):
-        write_html_report(report, directory, features=data.X, feature_names=data.feature_names)
-    else:
-        write_html_report(report, directory, images=data.images)
+    """The inspected data and its reserve, read as ``opts.format`` names (or detected)."""
+    return read_inputs(data_dir, reserve_dir, opts.format, parse_size(opts.size))
 
 
 def run(detect: Detect, data_dir: Path, reserve_dir: Path | None, opts: RunOptions) -> tuple[dict, Path]:
@@ -117,14 +94,8 @@ def _detect_and_write(detect: Detect, data_dir: Path, reserve_dir: Path | None, 
     report = build_report(data, result)
     report["summary"]["gate"] = gate(report["summary"], opts.max_flagged_fraction, opts.fail_on_detect)
     with staged_output(out, opts.force) as staging:
-        write_kept(data, result.kept_indices, staging)
+        data.write_subset(result.kept_indices, staging)  # the cleaned copy, in the input's own form
         write_report(report, staging)
         if opts.html:
-            write_html(report, data, staging)
+            write_html_report(report, staging, **data.report_evidence())
     return report
-
-
-def refuse_ember_mlp_on_images(arch: str, data: Dataset) -> None:
-    """``--arch ember_mlp`` is the feature-row network (ct and asset accept it): not for images."""
-    if arch == "ember_mlp" and not isinstance(data, FeatureDataset):
-        raise SanitizeError("--arch ember_mlp is for feature rows; image folders use a CNN")

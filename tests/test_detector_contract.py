@@ -88,3 +88,11 @@ def test_feature_rows_are_read_by_the_proactive_detectors(outcomes) -> None:
         assert refused == (name not in ("ct", "asset")), name
         if refused:
             assert "for feature rows use ct or asset" in str(outcomes[name, "feature rows"])
+
+
+@pytest.mark.parametrize("name", ["ct", "asset"])
+def test_the_feature_row_network_is_refused_on_images(kinds, name: str) -> None:
+    """The library refuses what the command line refuses (``--arch ember_mlp`` on an image folder)."""
+    data, reserve = kinds["images"]
+    with pytest.raises(SanitizeError, match="ember_mlp is the feature-row network"):
+        get_detector(name, arch="ember_mlp", device="cpu").detect(data, reserve)

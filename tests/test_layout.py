@@ -83,3 +83,17 @@ def test_every_import_resolves_including_those_inside_functions() -> None:
                 if importlib.util.find_spec(target) is None:
                     missing.append(f"{path.name}:{node.lineno} {target}")
     assert not missing, missing
+
+
+def test_both_kinds_of_data_offer_what_the_pipeline_asks() -> None:
+    """The pipeline writes the cleaned copy and the report page through the Dataset protocol only."""
+    from sanitize.data import ImageDataset
+    from sanitize.datasets import Dataset
+    from sanitize.features import FeatureDataset
+
+    wanted = {name for name in dir(Dataset) if not name.startswith("_")} | set(Dataset.__annotations__)
+    for kind in (ImageDataset, FeatureDataset):
+        offered = set(dir(kind)) | set(getattr(kind, "__dataclass_fields__", {}))
+        assert wanted <= offered, (kind.__name__, wanted - offered)
+    source = (PACKAGE / "pipeline.py").read_text(encoding="utf-8")
+    assert "isinstance" not in source and "FeatureDataset" not in source and "ImageDataset" not in source

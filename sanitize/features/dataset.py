@@ -108,6 +108,19 @@ class FeatureDataset:
     def labelled_indices(self) -> np.ndarray:
         return np.flatnonzero(self.labels.cpu().numpy() >= 0)
 
+    # The :class:`sanitize.datasets.Dataset` protocol: what the pipeline asks of any kind of data.
+    kind = "feature rows"
+
+    def write_subset(self, keep: Sequence[int] | np.ndarray, directory: Path) -> list[str]:
+        """The kept rows in the input's own format (byte-identical rows)."""
+        from .writers import write_features
+
+        return write_features(self, keep, directory)
+
+    def report_evidence(self) -> dict:
+        """What report.html draws from: the rows and the column names (the feature contrast)."""
+        return {"features": self.X, "feature_names": self.feature_names}
+
     @property
     def n_unlabelled(self) -> int:
         return int((self.labels < 0).sum())

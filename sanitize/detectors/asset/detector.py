@@ -117,6 +117,8 @@ class ASSET:
             inputs = feature_inputs(data, reserve, "auto" if self.model_factory else self.arch, device,
                                     self.reserve_check)
         elif isinstance(data, ImageDataset):
+            if self.arch == "ember_mlp":
+                raise SanitizeError("arch ember_mlp is the feature-row network; image folders use a CNN")
             inputs = image_inputs(data, reserve, self.arch, device, custom=self.model_factory is not None,
                                   reserve_check=self.reserve_check)
         else:

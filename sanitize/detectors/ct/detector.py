@@ -65,6 +65,8 @@ class ConfusionTraining:
                 raise SanitizeError("feature rows take a feature schedule (fast or reference), not an image one")
             return FeatureConfusionTraining(self.schedule, self.arch, self.device, self.seed, self.progress,
                                             alpha=self.alpha, reserve_check=self.reserve_check).detect(data, reserve)
+        if self.arch == "ember_mlp":
+            raise SanitizeError("arch ember_mlp is the feature-row network; image folders use a CNN")
         device = resolve_device(self.device)
         schedule = self.schedule if isinstance(self.schedule, CTSchedule) else get_schedule(self.schedule)
         check_alpha(self.alpha)

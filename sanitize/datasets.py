@@ -1,0 +1,62 @@
+"""What every kind of data offers the pipeline, so that it never asks which kind it holds.
+
+Two kinds exist: image folders (:class:`sanitize.data.ImageDataset`) and feature rows such as
+EMBER (:class:`sanitize.features.FeatureDataset`). The pipeline reads them with
+:func:`load_inputs` (the reader is chosen by the input format), and writes the cleaned copy and
+the report page through the methods below; a new kind of data implements them and registers a
+reader here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+
+class Dataset(Protocol):
+    """Samples with labels (-1: unlabelled, never inspected), class names and a stable id each."""
+
+    kind: str  # for messages: "images" or "feature rows"
+    labels: torch.Tensor
+    classes: list[str]
+    paths: list[str]
+    root: Path | None
+    notes: list[str]
+
+    def __len__(self) -> int: ...
+
+    @property
+    def num_classes(self) -> int: ...
+
+    def subset(self, index: Sequence[int] | np.ndarray | torch.Tensor) -> Dataset: ...
+
+    def class_counts(self) -> np.ndarray: ...
+
+    def write_subset(self, keep: Sequence[int] | np.ndarray, directory: Path) -> Any:
+        """Write the samples at ``keep`` into ``directory`` in the input's own form."""
+        ...
+
+    def report_evidence(self) -> dict[str, Any]:
+        """Keyword arguments for :func:`sanitize.html_report.build_html` (pixels or rows)."""
+        ...
+
+
+def load_inputs(data_dir: Path, reserve_dir: Path | None, input_format: str = "auto",
+                size: tuple[int, int] | None = None) -> tuple[Dataset, Dataset | None]:
+    """The inspected data and its reserve, read as ``input_format`` names (``auto``: detected)."""
+    from .data import load_image_folder, load_reserve
+    from .errors import SanitizeError
+    from .features import detect_format, load_feature_reserve, load_features
+
+    kind = detect_format(data_dir) if input_format == "auto" else input_format
+    if kind == "images":
+        data = load_image_folder(data_dir, size=size)
+        return data, load_reserve(reserve_dir, data) if reserve_dir is not None else None
+    if size is not None:
+        raise SanitizeError("--size applies to image folders, not feature rows")
+    data = load_features(data_dir, kind)
+    return data, load_feature_reserve(reserve_dir, data) if reserve_dir is not None else None
