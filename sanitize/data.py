@@ -97,6 +97,12 @@ class ImageDataset:
         """What report.html draws from: the pixels (thumbnails and the recovered trigger)."""
         return {"images": self.images}
 
+    def check_reserve(self, reserve: ImageDataset) -> None:
+        """Refuse a reserve that cannot serve as trusted clean data for these images."""
+        if getattr(reserve, "kind", None) != self.kind:
+            raise SanitizeError("the reserve must be the same kind of data as the dataset (images or feature rows)")
+        check_reserve(reserve, self)
+
 
 def from_arrays(images: np.ndarray, labels: np.ndarray, classes: Sequence[str],
                 paths: Sequence[str] | None = None) -> ImageDataset:

@@ -44,6 +44,10 @@ class Dataset(Protocol):
         """Keyword arguments for :func:`sanitize.html_report.build_html` (pixels or rows)."""
         ...
 
+    def check_reserve(self, reserve: Dataset) -> None:
+        """Refuse (SanitizeError) a reserve that cannot serve as trusted clean data for this set."""
+        ...
+
 
 def load_inputs(data_dir: Path, reserve_dir: Path | None, input_format: str = "auto",
                 size: tuple[int, int] | None = None) -> tuple[Dataset, Dataset | None]:

@@ -96,3 +96,12 @@ def test_the_feature_row_network_is_refused_on_images(kinds, name: str) -> None:
     data, reserve = kinds["images"]
     with pytest.raises(SanitizeError, match="ember_mlp is the feature-row network"):
         get_detector(name, arch="ember_mlp", device="cpu").detect(data, reserve)
+
+
+@pytest.mark.parametrize("name", DETECTORS)
+def test_a_reserve_of_the_other_kind_is_one_line(kinds, name: str) -> None:
+    """Images inspected against a reserve of feature rows: refused in one line, before any training."""
+    data, _ = kinds["images"]
+    _, rows = kinds["feature rows"]
+    with pytest.raises(SanitizeError, match="same kind of data"):
+        get_detector(name, device="cpu").detect(data, rows)

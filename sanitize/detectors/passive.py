@@ -28,7 +28,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from ..data import ImageDataset, check_reserve
+from ..data import ImageDataset
 from ..devices import describe, resolve_device
 from ..engine import global_pool, pooled_map
 from ..errors import SanitizeError
@@ -95,7 +95,7 @@ class PassiveDetector:
             raise SanitizeError(f"{self.name} inspects image folders; for feature rows use ct or asset")
         device = resolve_device(self.device)
         if reserve is not None:
-            check_reserve(reserve, data)
+            data.check_reserve(reserve)
         elif self.needs_reserve:
             raise SanitizeError(f"{self.name} needs a trusted clean reserve: pass --reserve")
         if len(data) < 2 * data.num_classes:

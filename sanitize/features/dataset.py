@@ -121,6 +121,14 @@ class FeatureDataset:
         """What report.html draws from: the rows and the column names (the feature contrast)."""
         return {"features": self.X, "feature_names": self.feature_names}
 
+    def check_reserve(self, reserve: FeatureDataset) -> None:
+        """Refuse a reserve that cannot serve as trusted clean data for these rows."""
+        from .readers import check_feature_reserve
+
+        if getattr(reserve, "kind", None) != self.kind:
+            raise SanitizeError("the reserve must be the same kind of data as the dataset (images or feature rows)")
+        check_feature_reserve(reserve, self)
+
     @property
     def n_unlabelled(self) -> int:
         return int((self.labels < 0).sum())

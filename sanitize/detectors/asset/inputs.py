@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ...data import ImageDataset, check_reserve
+from ...data import ImageDataset
 from ...devices import describe
 from ...engine import (
     Preprocess,
@@ -21,7 +21,7 @@ from ...engine import (
     stratified_split,
 )
 from ...errors import SanitizeError
-from ...features import FeatureDataset, check_feature_reserve
+from ...features import FeatureDataset
 from ...models import Classifier, build_model, default_arch
 from ...reserve_fit import fitted_reserve
 from ..ct.rows import Standardise, ember_mlp
@@ -210,7 +210,7 @@ def image_inputs(data: ImageDataset, reserve: ImageDataset, arch: str, device: t
                  custom: bool, reserve_check: bool = True) -> Inputs:
     """Image folders on ``device``: a CNN on per-channel normalised pixels (``arch`` or auto).
     With ``reserve_check`` the reserve must fit the data (:func:`sanitize.reserve_fit.fitted_reserve`)."""
-    check_reserve(reserve, data)
+    data.check_reserve(reserve)
     if len(data) < 2 * data.num_classes:
         raise SanitizeError(f"dataset has {len(data)} images: too few to inspect")
     reserve, fit_settings, notes = _fitted(data, reserve, "images", reserve_check)
@@ -249,7 +249,7 @@ def feature_inputs(data: FeatureDataset, reserve: FeatureDataset, arch: str, dev
         raise SanitizeError(f"--arch {arch!r}: feature rows use the ember_mlp network (or auto)")
     if data.num_classes < 2:
         raise SanitizeError(f"ASSET needs at least two classes, the dataset has {data.num_classes}")
-    check_feature_reserve(reserve, data)
+    data.check_reserve(reserve)
     labelled = data.labelled_indices()
     counts = np.bincount(data.labels.cpu().numpy()[labelled], minlength=data.num_classes)
     if len(labelled) < 20 or (counts < 2).any():

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from ...data import ImageDataset, check_reserve
+from ...data import ImageDataset
 from ...devices import PhaseTimer, describe, resolve_device, seed_everything
 from ...engine import (
     PRECISION,
@@ -70,7 +70,7 @@ class ConfusionTraining:
         device = resolve_device(self.device)
         schedule = self.schedule if isinstance(self.schedule, CTSchedule) else get_schedule(self.schedule)
         check_alpha(self.alpha)
-        check_reserve(reserve, data)
+        data.check_reserve(reserve)
         need = max(2 * data.num_classes, fewest_samples([r.keep_ratio for r in schedule.rounds if r.keep_ratio]))
         if len(data) < need:
             raise SanitizeError(f"dataset has {len(data)} images: ct ({schedule.name}) needs at least {need} "

@@ -34,7 +34,7 @@ from torch.nn import functional as F
 from ...devices import PhaseTimer, describe, resolve_device, seed_everything
 from ...engine import epoch_batches, make_sgd, planned_batches
 from ...errors import SanitizeError
-from ...features import FeatureDataset, check_feature_reserve
+from ...features import FeatureDataset
 from ...models import Classifier
 from ...progress import Progress, Silent
 from ...reserve_fit import fitted_reserve
@@ -254,7 +254,7 @@ class FeatureConfusionTraining:
         if self.cut not in ("data", "budget"):
             raise SanitizeError(f"unknown cut {self.cut!r}: expected data or budget")
         check_alpha(self.alpha)
-        check_feature_reserve(reserve, data)
+        data.check_reserve(reserve)
         labelled_np = data.labelled_indices()
         need = max(20, fewest_samples([r.keep_ratio for r in schedule.rounds if r.keep_ratio]))
         if len(labelled_np) < need or (np.bincount(data.labels.cpu().numpy()[labelled_np], minlength=2) < 2).any():
