@@ -91,7 +91,7 @@ def main() -> None:
     if args.device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     t = time.perf_counter()
-    result = FeatureConfusionTraining("fast", device=args.device, seed=0).detect(data, reserve)
+    result = FeatureConfusionTraining(schedule="fast", device=args.device, seed=0).detect(data, reserve)
     is_poison = np.zeros(len(data), dtype=bool)
     is_poison[poison] = True
     tp, fp = int((result.flagged & is_poison).sum()), int((result.flagged & ~is_poison).sum())

@@ -107,7 +107,8 @@ def ct_command(
     check_alpha(alpha)
 
     def detect(d: Dataset, r: Dataset, progress: Progress) -> DetectionResult:
-        return ConfusionTraining(schedule, arch, device, seed, progress, alpha).detect(d, r)  # rows too
+        return ConfusionTraining(schedule=schedule, arch=arch, device=device, seed=seed, progress=progress,
+                                 alpha=alpha).detect(d, r)  # feature rows too
 
     return run_detector(detect, data, reserve, RunOptions(out, force, size, quiet, json_only, max_flagged_fraction,
                                                           fail_on_detect, input_format(fmt, fmt_old), html))
@@ -147,7 +148,7 @@ def demo_command(
                      f"written to {root}/data and {root}/reserve")
 
     def detect(d: Dataset, r: Dataset, progress: Progress) -> DetectionResult:
-        return ConfusionTraining("fast", "auto", device, seed, progress).detect(d, r)
+        return ConfusionTraining(device=device, seed=seed, progress=progress).detect(d, r)
 
     run_detector(detect, root / "data", root / "reserve", RunOptions(root / "cleaned", quiet=quiet))
     truth = set(poisoned.dataset.paths[i] for i in poisoned.poison_indices)

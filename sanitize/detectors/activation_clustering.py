@@ -173,7 +173,7 @@ def reclassification_stats(verdict: Reclassification | None, classes: list[str])
             "reclass_ratio": verdict.ratio, "reclass_decision": "legitimate" if verdict.legitimate else "poison"}
 
 
-@dataclass
+@dataclass(kw_only=True)
 class ActivationClustering(PassiveDetector):
     """Activation Clustering detector: ``ActivationClustering(seed=0).detect(data)``."""
 

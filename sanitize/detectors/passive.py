@@ -60,7 +60,7 @@ def top_fraction_per_class(scores: np.ndarray, labels: np.ndarray, num_classes: 
     return flagged
 
 
-@dataclass
+@dataclass(kw_only=True)
 class PassiveDetector:
     """Base of the passive baselines: configure, then :meth:`detect`.
 

@@ -110,7 +110,7 @@ def anomaly_index(values: np.ndarray) -> np.ndarray:
     return (values - median) / max(mad, 1e-12)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class SCAn(PassiveDetector):
     """SCAn detector: ``SCAn(seed=0).detect(data, reserve)`` (the reserve is required)."""
 

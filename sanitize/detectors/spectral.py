@@ -76,7 +76,7 @@ def spectral_scores(features: np.ndarray, seed: int = 0) -> tuple[np.ndarray, fl
     return (centred @ v) ** 2, sigma
 
 
-@dataclass
+@dataclass(kw_only=True)
 class SpectralSignatures(PassiveDetector):
     """Spectral Signatures detector: ``SpectralSignatures(budget=0.3, seed=0).detect(data)``."""
 

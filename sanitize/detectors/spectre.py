@@ -59,7 +59,7 @@ def que_scores(whitened: np.ndarray, alpha: float) -> np.ndarray:
     return (projected ** 2) @ weights / weights.sum()
 
 
-@dataclass
+@dataclass(kw_only=True)
 class SPECTRE(PassiveDetector):
     """SPECTRE detector: ``SPECTRE(budget=0.3, seed=0).detect(data)``."""
 

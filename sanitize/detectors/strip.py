@@ -74,7 +74,7 @@ def strip_entropy(trained: TrainedModel, images: torch.Tensor, pool: torch.Tenso
     return out
 
 
-@dataclass
+@dataclass(kw_only=True)
 class STRIP(PassiveDetector):
     """STRIP detector: ``STRIP(frr=0.01, seed=0).detect(data, reserve)``."""
 

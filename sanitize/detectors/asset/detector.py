@@ -47,7 +47,7 @@ ModelFactory = Callable[[], nn.Module]
 Dataset = ImageDataset | FeatureDataset
 
 
-@dataclass
+@dataclass(kw_only=True)
 class ASSET:
     """ASSET detector (estimator-style: configure, then :meth:`detect`).
 

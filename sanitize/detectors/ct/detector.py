@@ -37,7 +37,7 @@ from .distillation import (
 from .schedules import CTSchedule, get_schedule
 
 
-@dataclass
+@dataclass(kw_only=True)
 class ConfusionTraining:
     """Confusion Training detector (estimator-style: configure, then :meth:`detect`).
 
@@ -63,8 +63,9 @@ class ConfusionTraining:
 
             if isinstance(self.schedule, CTSchedule):
                 raise SanitizeError("feature rows take a feature schedule (fast or reference), not an image one")
-            return FeatureConfusionTraining(self.schedule, self.arch, self.device, self.seed, self.progress,
-                                            alpha=self.alpha, reserve_check=self.reserve_check).detect(data, reserve)
+            return FeatureConfusionTraining(schedule=self.schedule, arch=self.arch, device=self.device, seed=self.seed,
+                                            progress=self.progress, alpha=self.alpha,
+                                            reserve_check=self.reserve_check).detect(data, reserve)
         if self.arch == "ember_mlp":
             raise SanitizeError("arch ember_mlp is the feature-row network; image folders use a CNN")
         device = resolve_device(self.device)
@@ -205,4 +206,5 @@ def ct(data: ImageDataset, reserve: ImageDataset, *, schedule: str | CTSchedule 
        arch: str = "auto", device: str | torch.device = "auto", seed: int = 0,
        progress: Progress | None = None, alpha: float = DEFAULT_ALPHA) -> DetectionResult:
     """Run Confusion Training on ``data`` with the trusted ``reserve``; see :class:`ConfusionTraining`."""
-    return ConfusionTraining(schedule, arch, device, seed, progress, alpha).detect(data, reserve)
+    return ConfusionTraining(schedule=schedule, arch=arch, device=device, seed=seed, progress=progress,
+                             alpha=alpha).detect(data, reserve)

@@ -230,7 +230,7 @@ def confusion_train(model: Classifier, inspect: list[tuple[torch.Tensor, torch.T
         advance()
 
 
-@dataclass
+@dataclass(kw_only=True)
 class FeatureConfusionTraining:
     """Confusion Training on a :class:`FeatureDataset` (binary labels, e.g. EMBER)."""
 
