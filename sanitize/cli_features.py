@@ -93,7 +93,7 @@ def features_command(
     try:
         import lief  # noqa: F401
     except ImportError:
-        raise SanitizeError("the PE extractor needs lief: pip install 'lief>=0.16'") from None
+        raise SanitizeError("the PE extractor needs lief, an optional dependency: pip install 'sanitize[pe]'") from None
     records: list[dict[str, Any]] = []
     skipped: list[tuple[str, str]] = []
     for path in iter_files(inputs):
