@@ -342,7 +342,7 @@ def test_global_selection_runs_end_to_end_and_is_seeded() -> None:
     poisoned = badnet(data, 0.05, target=0, seed=0).dataset
     schedule = with_overrides(tiny(), selection="global", global_min_steps=20)
     result = asset(poisoned, reserve, schedule=schedule, device="cpu", seed=0)
-    assert result.settings["selection"] == "global" and result.settings["global_selected"] > 0  # poison found to pull on
+    assert result.settings["selection"] == "global" and result.settings["global_selected"] > 0
     assert_seeded_on_cpu(lambda seed: asset(poisoned, reserve, schedule=schedule, device="cpu", seed=seed))
 
 

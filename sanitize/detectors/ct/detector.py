@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -54,6 +55,10 @@ class ConfusionTraining:
     progress: Progress | None = None
     alpha: float = DEFAULT_ALPHA
     reserve_check: bool = True  # refuse a reserve that does not fit the data (sanitize.reserve_fit)
+    # Diagnostics (benchmarks/ct_rounds.py): called after each distillation with the round, the
+    # confused model's per-sample losses (float32, inspected samples first, then canaries) and
+    # the indices the next round keeps. None (the default) costs nothing.
+    on_round: Callable[[int, np.ndarray, np.ndarray], None] | None = None
 
     def detect(self, data: ImageDataset, reserve: ImageDataset) -> DetectionResult:
         from ...features import FeatureDataset
@@ -139,6 +144,8 @@ class ConfusionTraining:
                 logits, _ = infer(model, data.images, prep)
                 losses = F.cross_entropy(logits, data.labels, reduction="none")
                 subset = distill(losses, data.labels, c, spec.keep_ratio, spec.topup_divisor)
+            if self.on_round is not None:
+                self.on_round(r, losses.float().cpu().numpy(), subset.cpu().numpy())
 
         with timer("detect"), progress.phase("detect", 1) as adv:
             result = self._decide(model, data, prep, n_inspected)
