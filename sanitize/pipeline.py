@@ -39,14 +39,14 @@ class RunOptions:
     json_only: bool = False
     max_flagged_fraction: float = 0.0
     fail_on_detect: bool = False
-    format: str = "auto"  # input kind: auto | images | ember | npz | jsonl
+    format: str = "auto"  # --input-format: auto | images | ember | npz | jsonl
     html: bool = True  # also write the self-contained report.html
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.max_flagged_fraction <= 1.0:
             raise SanitizeError(f"--max-flagged-fraction {self.max_flagged_fraction}: expected a value in [0, 1]")
         if self.format not in FORMATS:
-            raise SanitizeError(f"--format {self.format!r}: expected one of {', '.join(FORMATS)}")
+            raise SanitizeError(f"--input-format {self.format!r}: expected one of {', '.join(FORMATS)}")
 
 
 def gate(summary: dict, max_flagged_fraction: float = 0.0, fail_on_detect: bool = False) -> dict:
