@@ -2,7 +2,7 @@
 
 Generates ``--rows`` x 2381 float32 rows in EMBER's ``X_train.dat`` / ``y_train.dat`` layout
 under ``--workdir`` (default: a temp folder, never the repository): a pool of generated records
-(:mod:`sanitize.ember_synth`) is vectorised once and tiled with small seeded jitter on the
+(:mod:`sanitize.ember.synth`) is vectorised once and tiled with small seeded jitter on the
 non-hashed count columns, so 600,000 rows take a minute to write instead of an hour to generate.
 A 1 % explanation-guided trigger (constrained) is stamped onto benign rows; CT then runs with a
 separate generated reserve. Prints one JSON line per phase.
@@ -24,9 +24,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sanitize import ember, ember_synth
+from sanitize import ember
 from sanitize.attacks.ember_explanation import choose_trigger
 from sanitize.detectors.ct import FeatureConfusionTraining
+from sanitize.ember import synth as ember_synth
 from sanitize.features import load_features
 
 POOL = 4000

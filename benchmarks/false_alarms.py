@@ -12,7 +12,7 @@ Data sets:
   digits   scikit-learn's 1,797 8x8 digits (about 180 per class; the reserve is drawn from them)
   cifar10  the first ``--limit`` CIFAR-10 training images; reserve from the official test split
   gtsrb    the first ``--limit`` GTSRB training images (43 classes); reserve from its test split
-  ember    generated EMBER-format rows (sanitize.ember_synth): ``--limit`` rows, separate reserve;
+  ember    generated EMBER-format rows (sanitize.ember.synth): ``--limit`` rows, separate reserve;
            ``--attack ember-explanation [--constrained]`` stamps the clean-label feature trigger
 
     python benchmarks/false_alarms.py --datasets digits --reserve-per-class 10 20 50 --seeds 0 1 2 3 4 \\
@@ -67,7 +67,7 @@ def image_sets(name: str, per_class: int, seed: int, args):
 
 def ember_sets(per_class: int, seed: int, args):
     """(inspected, reserve) generated EMBER-format rows of one run."""
-    from sanitize import ember_synth
+    from sanitize.ember import synth as ember_synth
     from sanitize.features import FeatureDataset
 
     def rows(n: int, s: int) -> FeatureDataset:

@@ -80,7 +80,7 @@ def features_command(
 ) -> int:
     """Extract EMBER (feature version 2) raw features from PE files with lief; skip other files with a reason."""
     from . import ember
-    from .pe_features import NotPE, iter_files, raw_features
+    from .ember.pe import NotPE, iter_files, raw_features
 
     if label not in (-1, 0, 1):
         raise SanitizeError(f"--label {label}: expected -1, 0 or 1")

@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 import torch
 
-from sanitize import ember, ember_synth, examples
+from sanitize import ember, examples
 from sanitize.cli import main
+from sanitize.ember import synth as ember_synth
 from sanitize.output import write_image_subset
 from sanitize.result import DetectionResult
 
@@ -150,7 +151,7 @@ def one_thread():
 
 
 def ember_records(n: int, seed: int, unlabelled: int = 0) -> list[dict]:
-    """Generated EMBER v2 raw records (``sanitize.ember_synth``), the same for the same arguments."""
+    """Generated EMBER v2 raw records (``sanitize.ember.synth``), the same for the same arguments."""
     return ember_synth.raw_records(n, seed=seed, unlabelled=unlabelled)
 
 

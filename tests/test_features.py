@@ -7,7 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from sanitize import ember, ember_synth
+from sanitize import ember
+from sanitize.ember import synth as ember_synth
 from sanitize.errors import SanitizeError
 from sanitize.features import load_features, write_features
 

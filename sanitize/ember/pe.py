@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from . import ember
+from .. import ember
 
 MAX_BYTES = 256 * 1024 * 1024  # larger files are skipped (EMBER's PE files are at most a few hundred MB)
 _STRINGS = re.compile(rb"[\x20-\x7f]{5,}")

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from . import ember
+from .. import ember
 
 LIBS = {
     "kernel32.dll": ["CreateFileW", "ReadFile", "WriteFile", "CloseHandle", "GetProcAddress", "LoadLibraryA",

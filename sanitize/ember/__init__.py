@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 from sklearn.feature_extraction import FeatureHasher
 
-from .errors import SanitizeError
+from ..errors import SanitizeError
 
 
 @dataclass(frozen=True)
