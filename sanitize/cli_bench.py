@@ -32,6 +32,8 @@ def parse_list(value: str, option: str) -> list[str]:
 def parse_seeds(value: str) -> list[int]:
     try:
         seeds = [int(v) for v in parse_list(value, "--seeds")]
+    except SanitizeError:
+        raise
     except ValueError:
         raise SanitizeError(f"--seeds {value!r}: expected comma-separated integers, e.g. 0,1") from None
     if any(s < 0 for s in seeds):

@@ -198,6 +198,8 @@ def decode_image(path: str | Path, what: str = "image") -> Image.Image:
                 raise SanitizeError(refused)
             img.load()
             return img
+    except SanitizeError:
+        raise
     except Image.DecompressionBombError:
         raise SanitizeError(refused) from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:

@@ -6,5 +6,9 @@ exception is a bug: one line and exit code 3, its traceback in a file (``sanitiz
 """
 
 
-class SanitizeError(Exception):
-    """Bad usage or bad input: reported as one line, exit code 2."""
+class SanitizeError(ValueError):
+    """Bad usage or bad input: reported as one line, exit code 2.
+
+    A :class:`ValueError`, as scikit-learn's estimators raise for a bad parameter, so Python
+    callers may catch either. Code that turns other ``ValueError``s into a SanitizeError lets
+    this one through unchanged (``except SanitizeError: raise`` first), keeping its message."""

@@ -82,6 +82,8 @@ def evaluate_report(report: dict[str, Any], truth: Truth) -> dict[str, Any]:
         paths = [normalise_path(s["path"]) for s in samples]
         scores = np.array([float(s["score"]) for s in samples], dtype=np.float64)
         flagged = np.array([_json_bool(s["flagged"]) for s in samples], dtype=bool)
+    except SanitizeError:
+        raise
     except (KeyError, TypeError, ValueError) as exc:
         raise SanitizeError(f"report samples need 'path', 'score' and 'flagged' ({exc})") from None
     if len(set(paths)) != len(paths):

@@ -105,3 +105,10 @@ def test_a_reserve_of_the_other_kind_is_one_line(kinds, name: str) -> None:
     _, rows = kinds["feature rows"]
     with pytest.raises(SanitizeError, match="same kind of data"):
         get_detector(name, device="cpu").detect(data, rows)
+
+
+def test_a_bad_parameter_is_a_value_error_for_python_callers(kinds) -> None:
+    """As in scikit-learn: Python code may catch ValueError; the command line sees a SanitizeError."""
+    data, reserve = kinds["images"]
+    with pytest.raises(ValueError, match="alpha"):
+        get_detector("ct", alpha=2.0, device="cpu").detect(data, reserve)

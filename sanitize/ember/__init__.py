@@ -216,6 +216,8 @@ def vectorize(records: Sequence[dict[str, Any]], version: int = 2) -> np.ndarray
         try:
             column = [r[group.name] for r in records]
             block = builders[group.name](column)
+        except SanitizeError:
+            raise
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             bad = _first_bad(records, group, builders[group.name])
             raise SanitizeError(f"raw features: record {bad} has a missing or malformed '{group.name}' group "

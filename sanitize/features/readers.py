@@ -99,6 +99,8 @@ def read_npz(path: Path) -> FeatureDataset:
             ids = [str(s) for s in archive[ids_key]] if ids_key else None
         with zipfile.ZipFile(file) as zf:
             compressed = any(i.compress_type != zipfile.ZIP_STORED for i in zf.infolist())
+    except SanitizeError:
+        raise
     except (OSError, ValueError, zipfile.BadZipFile) as exc:
         raise SanitizeError(f"{file}: cannot read ({str(exc).splitlines()[0]})") from None
     source = FeatureSource("npz", file, None, str(X_np.dtype), str(y_np.dtype), x_key, y_key, ids_key, compressed)
