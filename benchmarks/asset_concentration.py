@@ -35,8 +35,8 @@ from sklearn.metrics import roc_auc_score
 
 from sanitize.attacks import ATTACKS
 from sanitize.detectors import asset as asset_module
-from sanitize.devices import seed_everything
-from sanitize.engine import infer, pooled_map, train_supervised
+from sanitize.nn.devices import seed_everything
+from sanitize.nn.engine import infer, pooled_map, train_supervised
 
 
 @torch.no_grad()

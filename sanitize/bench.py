@@ -11,7 +11,7 @@ For each cell (attack x detector x seed) of the matrix:
    (:func:`sanitize.attacks.apply_trigger_to_test`).
 
 A ``none`` row per attack x seed trains on the poisoned set as is (the no-defence baseline).
-Models come from :mod:`sanitize.model_cache` (same schedule for every row), so the no-defence
+Models come from :mod:`sanitize.nn.cache` (same schedule for every row), so the no-defence
 model is also the one the passive detectors inspect, trained once.
 
 Resumable: each finished cell is written (atomically) to ``OUT/cells/`` with a fingerprint of
@@ -38,12 +38,12 @@ from . import __version__
 from .attacks import ATTACK_INFO, ATTACKS, PoisonedSet, apply_trigger_to_test
 from .data import ImageDataset
 from .detectors import detector_class, get_detector
-from .devices import resolve_device
 from .domains import check_fraction
-from .engine import infer
 from .errors import SanitizeError
 from .evaluate import Truth, evaluate_report
-from .model_cache import content_hash, trained_model
+from .nn.cache import content_hash, trained_model
+from .nn.devices import resolve_device
+from .nn.engine import infer
 from .output import atomic_write, mark_output
 from .pages import render, svg
 from .plots import bench_bars_svg

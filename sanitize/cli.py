@@ -98,7 +98,7 @@ def ct_command(
     """Confusion Training (Qi et al., USENIX Security 2023): flag poison samples in DATA."""
     from .detectors.canaries import check_alpha
     from .detectors.ct import ConfusionTraining, get_schedule
-    from .devices import resolve_device
+    from .nn.devices import resolve_device
     from .pipeline import RunOptions
 
     get_schedule(schedule)

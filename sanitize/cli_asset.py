@@ -69,7 +69,7 @@ def asset_command(
 ) -> int:
     """ASSET (Pan et al., USENIX Security 2023): flag poison samples in DATA by active offset."""
     from .detectors.asset import ASSET
-    from .devices import resolve_device
+    from .nn.devices import resolve_device
     from .pipeline import RunOptions
 
     resolve_device(device)

@@ -77,7 +77,7 @@ HtmlOpt = Annotated[bool, typer.Option(
 
 def check_arch(arch: str, also: tuple[str, ...] = ()) -> None:
     """Refuse an --arch that is neither ``auto``, one of ``also``, nor a registered model."""
-    from .models import available_models
+    from .nn.models import available_models
 
     if arch != "auto" and arch not in also and arch not in available_models():
         raise SanitizeError(f"unknown --arch {arch!r}; choose from {', '.join(('auto', *also, *available_models()))}")

@@ -127,7 +127,7 @@ def scan_command(
 ) -> int:
     """Passive baselines: Spectral Signatures, Activation Clustering, STRIP, SCAn, SPECTRE."""
     from .detectors import get_detector
-    from .devices import resolve_device
+    from .nn.devices import resolve_device
     from .pipeline import RunOptions
 
     settings = scan_settings(method, budget, frr, arch, epochs, cache_dir, layer, reclassify, reclassify_threshold)

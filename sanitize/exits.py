@@ -68,8 +68,8 @@ def catch_termination() -> None:
 
 
 def crash_log_dir() -> Path:
-    """Where tracebacks go: ``<cache>/crashes`` (see ``sanitize.model_cache``), else the temp dir."""
-    from .model_cache import default_cache_dir
+    """Where tracebacks go: ``<cache>/crashes`` (see ``sanitize.nn.cache``), else the temp dir."""
+    from .nn.cache import default_cache_dir
 
     return default_cache_dir() / "crashes"
 

@@ -166,8 +166,8 @@ def test_extractor_sees_the_reserve_only_when_the_schedule_says_so() -> None:
 
 
 def test_train_mode_map_reads_the_map_before_pooling_with_batch_statistics() -> None:
-    from sanitize.engine import Preprocess, pooled_map
-    from sanitize.models import build_model
+    from sanitize.nn.engine import Preprocess, pooled_map
+    from sanitize.nn.models import build_model
 
     data, _ = digits_split(0)
     model = build_model("small_cnn", 10, data.channels, 8)
@@ -201,7 +201,7 @@ def test_extractor_spec_fits_small_data() -> None:
 
 
 def test_custom_model_factory_runs_on_vectors() -> None:
-    from sanitize.models import Classifier
+    from sanitize.nn.models import Classifier
 
     data, reserve = digits_split(0)
 

@@ -26,8 +26,8 @@ from sanitize.detectors import available_detectors, get_detector
 from sanitize.detectors.activation_clustering import judge_cluster
 from sanitize.detectors.passive import activation_maps, global_pool, layer_notes
 from sanitize.detectors.spectral import DEFAULT_BUDGET
-from sanitize.engine import TrainSpec
-from sanitize.models import build_model
+from sanitize.nn.engine import TrainSpec
+from sanitize.nn.models import build_model
 
 from .conftest import assert_valid_report, bad_input_cases, digits_split, run_cli, tree_digest
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F
 
-from sanitize.engine import epoch_batches, flip_and_crop, host_to_device
+from sanitize.nn.engine import epoch_batches, flip_and_crop, host_to_device
 
 
 def test_flip_and_crop_is_a_per_sample_flip_then_shift_of_the_padded_image() -> None:

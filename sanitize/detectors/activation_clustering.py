@@ -62,11 +62,11 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.metrics import silhouette_score
 
 from ..data import ImageDataset
-from ..devices import seed_everything
-from ..engine import Preprocess, infer, train_supervised
 from ..errors import SanitizeError
-from ..model_cache import TrainedModel
-from ..models import build_model
+from ..nn.cache import TrainedModel
+from ..nn.devices import seed_everything
+from ..nn.engine import Preprocess, infer, train_supervised
+from ..nn.models import build_model
 from ..progress import Progress, Silent
 from ..result import DetectionResult
 from .passive import PassiveDetector, check_layer, class_representation, layer_notes

@@ -1,7 +1,7 @@
 """What the passive baselines share: one trained model, the run bookkeeping, per-class budgets.
 
 A *passive* detector trains an ordinary model on the inspected data (through
-:mod:`sanitize.model_cache`, so five detectors on one dataset train once) and then reads that
+:mod:`sanitize.nn.cache`, so five detectors on one dataset train once) and then reads that
 model: its last hidden layer (Spectral Signatures, Activation Clustering, SCAn, SPECTRE) or its
 predictions on perturbed inputs (STRIP). Subclasses implement :meth:`PassiveDetector.score`;
 :meth:`PassiveDetector.detect` does validation, device, timing and the common report fields.
@@ -29,10 +29,10 @@ import numpy as np
 import torch
 
 from ..data import ImageDataset
-from ..devices import describe, resolve_device
-from ..engine import global_pool, pooled_map
 from ..errors import SanitizeError
-from ..model_cache import TrainedModel, trained_model
+from ..nn.cache import TrainedModel, trained_model
+from ..nn.devices import describe, resolve_device
+from ..nn.engine import global_pool, pooled_map
 from ..progress import Progress, Silent
 from ..result import DetectionResult
 
@@ -65,7 +65,7 @@ class PassiveDetector:
     """Base of the passive baselines: configure, then :meth:`detect`.
 
     ``arch``/``epochs`` choose the model trained on the data (``auto``: ResNet-18 on a GPU at >= 32
-    px, else the small CNN; ``epochs`` None: :func:`sanitize.model_cache.default_schedule`);
+    px, else the small CNN; ``epochs`` None: :func:`sanitize.nn.cache.default_schedule`);
     ``cache_dir`` where trained models are kept (None: ``$SANITIZE_CACHE`` or the user cache dir).
     """
 

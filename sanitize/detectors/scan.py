@@ -36,7 +36,7 @@ import numpy as np
 
 from ..data import ImageDataset
 from ..errors import SanitizeError
-from ..model_cache import TrainedModel
+from ..nn.cache import TrainedModel
 from ..result import DetectionResult
 from .passive import PassiveDetector, class_features
 
@@ -125,7 +125,7 @@ class SCAn(PassiveDetector):
 
     def score(self, trained: TrainedModel, data: ImageDataset, reserve: ImageDataset | None) -> DetectionResult:
         assert reserve is not None
-        from ..engine import infer
+        from ..nn.engine import infer
 
         _, reserve_feats = infer(trained.model, reserve.images, trained.prep, features=True)
         r_feats = reserve_feats.double().cpu().numpy()

@@ -28,7 +28,7 @@ import numpy as np
 from sklearn.utils.extmath import randomized_svd
 
 from ..data import ImageDataset
-from ..model_cache import TrainedModel
+from ..nn.cache import TrainedModel
 from ..result import DetectionResult
 from .passive import (
     PassiveDetector,

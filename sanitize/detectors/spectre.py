@@ -30,7 +30,7 @@ from sklearn.covariance import MinCovDet
 
 from ..data import ImageDataset
 from ..errors import SanitizeError
-from ..model_cache import TrainedModel
+from ..nn.cache import TrainedModel
 from ..result import DetectionResult
 from .passive import PassiveDetector, check_budget, class_features, top_fraction_per_class
 from .spectral import DEFAULT_BUDGET

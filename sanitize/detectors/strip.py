@@ -26,10 +26,10 @@ import numpy as np
 import torch
 
 from ..data import ImageDataset
-from ..devices import seed_everything
-from ..engine import full_precision
 from ..errors import SanitizeError
-from ..model_cache import TrainedModel
+from ..nn.cache import TrainedModel
+from ..nn.devices import seed_everything
+from ..nn.engine import full_precision
 from ..result import DetectionResult
 from .passive import PassiveDetector
 

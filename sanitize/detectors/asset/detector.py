@@ -11,13 +11,13 @@ import torch
 from torch import nn
 
 from ...data import ImageDataset
-from ...devices import PhaseTimer, describe, resolve_device, seed_everything
-from ...engine import (
+from ...errors import SanitizeError
+from ...features import FeatureDataset
+from ...nn.devices import PhaseTimer, describe, resolve_device, seed_everything
+from ...nn.engine import (
     PRECISION,
     train_supervised,
 )
-from ...errors import SanitizeError
-from ...features import FeatureDataset
 from ...progress import Progress, Silent
 from ...result import DetectionResult
 from ..canaries import DEFAULT_ALPHA, check_alpha, share_notes

@@ -12,17 +12,17 @@ import torch
 from torch import nn
 
 from ...data import ImageDataset
-from ...devices import describe
-from ...engine import (
+from ...errors import SanitizeError
+from ...features import FeatureDataset
+from ...nn.devices import describe
+from ...nn.engine import (
     Preprocess,
     TrainSpec,
     global_pool,
     infer,
     stratified_split,
 )
-from ...errors import SanitizeError
-from ...features import FeatureDataset
-from ...models import Classifier, build_model, default_arch
+from ...nn.models import Classifier, build_model, default_arch
 from ...reserve_fit import fitted_reserve
 from ..ct.rows import Standardise, ember_mlp
 from .offset import batch_norm_without_update

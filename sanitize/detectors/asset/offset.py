@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ...engine import (
+from ...nn.engine import (
     autocast,
     full_precision,
     host_to_device,

@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any
 
-from ...engine import (
+from ...errors import SanitizeError
+from ...nn.engine import (
     TrainSpec,
 )
-from ...errors import SanitizeError
 
 
 @dataclass(frozen=True)

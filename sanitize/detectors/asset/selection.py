@@ -12,7 +12,7 @@ from torch import nn
 from torch.func import functional_call, stack_module_state
 from torch.nn import functional as F
 
-from ...engine import (
+from ...nn.engine import (
     host_to_device,
     planned_batches,
 )

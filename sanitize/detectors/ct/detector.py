@@ -12,16 +12,16 @@ import torch
 from torch.nn import functional as F
 
 from ...data import ImageDataset
-from ...devices import PhaseTimer, describe, resolve_device, seed_everything
-from ...engine import (
+from ...errors import SanitizeError
+from ...nn.devices import PhaseTimer, describe, resolve_device, seed_everything
+from ...nn.engine import (
     PRECISION,
     Preprocess,
     TrainSpec,
     infer,
     train_supervised,
 )
-from ...errors import SanitizeError
-from ...models import Classifier, build_model, default_arch
+from ...nn.models import Classifier, build_model, default_arch
 from ...progress import Progress, Silent
 from ...reserve_fit import fitted_reserve
 from ...result import DetectionResult

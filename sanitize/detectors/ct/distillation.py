@@ -6,14 +6,14 @@ import torch
 from torch.nn import functional as F
 
 from ...data import ImageDataset
-from ...engine import (
+from ...nn.engine import (
     Preprocess,
     autocast,
     make_sgd,
     planned_batches,
     stratified_split,
 )
-from ...models import Classifier
+from ...nn.models import Classifier
 from .schedules import CTSchedule, RoundSpec
 
 

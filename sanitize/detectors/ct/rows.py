@@ -31,11 +31,11 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ...devices import PhaseTimer, describe, resolve_device, seed_everything
-from ...engine import epoch_batches, make_sgd, planned_batches
 from ...errors import SanitizeError
 from ...features import FeatureDataset
-from ...models import Classifier
+from ...nn.devices import PhaseTimer, describe, resolve_device, seed_everything
+from ...nn.engine import epoch_batches, make_sgd, planned_batches
+from ...nn.models import Classifier
 from ...progress import Progress, Silent
 from ...reserve_fit import fitted_reserve
 from ...result import DetectionResult

@@ -10,7 +10,7 @@ from contextlib import contextmanager
 import numpy as np
 import torch
 
-from .errors import SanitizeError
+from ..errors import SanitizeError
 
 
 def resolve_device(spec: str | torch.device = "auto") -> torch.device:

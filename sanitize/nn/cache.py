@@ -4,7 +4,7 @@ Spectral Signatures, Activation Clustering, STRIP, SCAn and SPECTRE all inspect 
 *normally* on the (possibly poisoned) data: the backdoor is learnt, and the detectors look for
 its traces in that model's features or predictions. Training is the expensive part, so running
 five detectors on one dataset should train once. :func:`trained_model` trains with
-:func:`sanitize.engine.train_supervised` and stores the weights, the normalisation and the
+:func:`sanitize.nn.engine.train_supervised` and stores the weights, the normalisation and the
 penultimate features of every sample under a key made of
 
 * a SHA-256 of the data's content (image bytes, labels, shape and class names),
@@ -30,13 +30,13 @@ from pathlib import Path
 
 import torch
 
-from .data import ImageDataset
+from ..data import ImageDataset
+from ..errors import SanitizeError
+from ..output import atomic_write
+from ..progress import Progress, Silent
 from .devices import seed_everything
 from .engine import Preprocess, TrainSpec, infer, train_supervised
-from .errors import SanitizeError
 from .models import Classifier, build_model, default_arch
-from .output import atomic_write
-from .progress import Progress, Silent
 
 CACHE_FORMAT = 1
 MIN_STEPS = 600  # small datasets: at least this many SGD steps, so the backdoor is learnt

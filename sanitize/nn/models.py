@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from torchvision import models as tvm
 
-from .errors import SanitizeError
+from ..errors import SanitizeError
 
 TrunkFactory = Callable[[int, int], tuple[nn.Module, int]]
 _REGISTRY: dict[str, TrunkFactory] = {}
