@@ -45,10 +45,10 @@ from .nn.cache import content_hash, trained_model
 from .nn.devices import resolve_device
 from .nn.engine import infer
 from .output import atomic_write, mark_output
-from .pages import render, svg
-from .plots import bench_bars_svg
 from .progress import Progress, Silent
-from .report import build_report
+from .report.build import build_report
+from .report.pages import render, svg
+from .report.plots import bench_bars_svg
 
 CELL_FORMAT = 1
 NO_DEFENCE = "none"

@@ -129,7 +129,7 @@ def demo_command(
     from .detectors.ct import ConfusionTraining
     from .output import write_image_subset
     from .pipeline import RunOptions
-    from .report import read_report
+    from .report.build import read_report
 
     check_fraction(rate)  # before anything is created
     if out and out.exists() and not out.is_dir():

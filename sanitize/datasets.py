@@ -41,7 +41,7 @@ class Dataset(Protocol):
         ...
 
     def report_evidence(self) -> dict[str, Any]:
-        """Keyword arguments for :func:`sanitize.html_report.build_html` (pixels or rows)."""
+        """Keyword arguments for :func:`sanitize.report.html.build_html` (pixels or rows)."""
         ...
 
     def check_reserve(self, reserve: Dataset) -> None:

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from .errors import SanitizeError
-from .report import read_report
+from .report.build import read_report
 
 
 @dataclass

@@ -18,10 +18,10 @@ from .domains import parse_size
 from .errors import SanitizeError
 from .exits import EXIT_CLEAN, EXIT_FLAGGED, warnings_as_notes
 from .features import FORMATS
-from .html_report import write_html_report
 from .output import claim_out_dir, staged_output
 from .progress import Progress, RichProgress, Silent
-from .report import build_report, write_report
+from .report.build import build_report, write_report
+from .report.html import write_html_report
 from .result import DetectionResult
 
 # The reserve is None only for detectors that work without one (the passive baselines).

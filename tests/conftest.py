@@ -69,7 +69,7 @@ def assert_valid_report(report: dict) -> None:
     import math
 
     jsonschema = pytest.importorskip("jsonschema", reason="jsonschema is in the test extra: pip install -e .[test]")
-    from sanitize.report import report_schema
+    from sanitize.report.build import report_schema
 
     schema = report_schema()
     jsonschema.Draft202012Validator.check_schema(schema)

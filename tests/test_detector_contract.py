@@ -20,7 +20,7 @@ from sanitize import examples
 from sanitize.detectors import available_detectors, get_detector
 from sanitize.errors import SanitizeError
 from sanitize.features import FeatureDataset
-from sanitize.report import build_report
+from sanitize.report.build import build_report
 from sanitize.result import DetectionResult
 
 from .conftest import assert_valid_report

@@ -141,7 +141,7 @@ def test_library_warnings_go_to_the_report_not_to_stderr(tmp_path, capsys, monke
 
     from sanitize import examples
     from sanitize.output import write_image_subset
-    from sanitize.report import read_report
+    from sanitize.report.build import read_report
     from sanitize.result import DetectionResult
 
     monkeypatch.delenv("SANITIZE_DEBUG", raising=False)

@@ -19,7 +19,7 @@ from PIL import Image
 
 from ..data import ImageDataset
 from ..output import write_image_subset
-from ..report import library_versions
+from ..report.build import library_versions
 from .base import PoisonedSet, Stamp
 from .catalog import ATTACK_INFO, FEATURE_ATTACK_INFO
 

@@ -1,6 +1,6 @@
 """report.html: a self-contained audit page a person can read offline.
 
-The page is built from the report dict (``sanitize.report.build_report``) plus the dataset's own
+The page is built from the report dict (``sanitize.report.build.build_report``) plus the dataset's own
 arrays, never from a detector object, so every detector gets the same page. It contains no
 script and fetches nothing: styles are inline, images are ``data:`` URIs, histograms are inline
 SVG, and a Content-Security-Policy forbids any other source, so the page renders the same from a
@@ -12,16 +12,16 @@ Sections (their ``id`` attributes are stable; tests and links rely on them):
   notes and the CI gate verdict.
 * ``classes``: the per-class evidence the detector reported (``report["classes"]``).
 * ``histograms``: per class (``hist-<i>``), the score histogram split into kept and flagged
-  samples, with the decision threshold (see :func:`sanitize.evidence.class_threshold`).
+  samples, with the decision threshold (see :func:`sanitize.report.evidence.class_threshold`).
 * ``samples`` (image data): the top-k flagged thumbnails by score (``flagged-grid``) and kept
   ones of the same classes for contrast (``kept-grid``).
 * ``triggers`` (image data): a *recovered trigger* per suspected class (``trigger-<i>``), see
-  :func:`sanitize.evidence.recovered_trigger`.
+  :func:`sanitize.report.evidence.recovered_trigger`.
 * ``features`` (feature data): the features whose values most distinguish flagged rows, see
-  :func:`sanitize.evidence.feature_contrast`.
+  :func:`sanitize.report.evidence.feature_contrast`.
 
-The numbers come from :mod:`sanitize.evidence`, the plots from :mod:`sanitize.plots`, the markup
-from the ``report.html`` template (:mod:`sanitize.pages`).
+The numbers come from :mod:`sanitize.report.evidence`, the plots from :mod:`sanitize.report.plots`, the markup
+from the ``report.html`` template (:mod:`sanitize.report.pages`).
 """
 
 from __future__ import annotations

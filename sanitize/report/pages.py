@@ -27,7 +27,7 @@ def short(value: Any) -> str:
 
 @cache
 def _environment() -> jinja2.Environment:
-    env = jinja2.Environment(loader=jinja2.PackageLoader("sanitize", "templates"), autoescape=True,
+    env = jinja2.Environment(loader=jinja2.PackageLoader("sanitize.report", "templates"), autoescape=True,
                              undefined=jinja2.StrictUndefined, trim_blocks=False, keep_trailing_newline=True)
     env.filters["fmt"] = short
     return env

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from .result import DetectionResult
+from ..result import DetectionResult
 
 SCHEMA_VERSION = 1
 
@@ -25,7 +25,7 @@ def library_versions() -> dict[str, str]:
     import torch
     import torchvision
 
-    from . import __version__
+    from .. import __version__
 
     return {"sanitize": __version__, "python": platform.python_version(), "torch": torch.__version__,
             "torchvision": torchvision.__version__, "numpy": np.__version__,
@@ -96,7 +96,7 @@ def report_schema() -> dict[str, Any]:
 
 
 def read_report(path: str | Path) -> dict[str, Any]:
-    from .errors import SanitizeError
+    from ..errors import SanitizeError
 
     try:
         with open(path, encoding="utf-8") as f:

@@ -1,7 +1,7 @@
 """The numbers behind report.html: per-class thresholds, recovered triggers, feature contrasts.
 
 Computed from the report dict and the dataset's own arrays, never from a detector object, so every
-detector gets the same evidence; :mod:`sanitize.html_report` only lays them out.
+detector gets the same evidence; :mod:`sanitize.report.html` only lays them out.
 """
 
 from __future__ import annotations
