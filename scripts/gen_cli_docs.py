@@ -3,10 +3,10 @@
     python scripts/gen_cli_docs.py          # rewrite docs/cli.md
     python scripts/gen_cli_docs.py --check  # exit 1 when docs/cli.md differs from the app
 
-This does what ``typer sanitize.cli utils docs`` does, but imports ``sanitize.cli`` as a normal
-module: the ``typer`` command loads the file without registering it in ``sys.modules``, and the
-CLI's dataclasses cannot be built that way. Help texts are copied as plain text. Every command module the app registers
-(``sanitize.cli.COMMAND_MODULES``) is documented.
+This does what ``typer sanitize.cli.app utils docs`` does, but imports ``sanitize.cli.app`` as a
+normal module: the ``typer`` command loads the file without registering it in ``sys.modules``, and
+the CLI's dataclasses cannot be built that way. Help texts are copied as plain text. Every
+command the app registers (``sanitize/cli/``) is documented.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from typer.cli import MARKUP_MODE_KEY, get_docs_for_click
 ROOT = Path(__file__).resolve().parents[1]
 TARGET = ROOT / "docs" / "cli.md"
 HEADER = ("<!-- Generated from the Typer app by `python scripts/gen_cli_docs.py`; edit the help texts in\n"
-          "     sanitize/cli*.py, not this file. tests/test_docs.py fails when it is stale. -->\n\n")
+          "     sanitize/cli/*.py, not this file. tests/test_docs.py fails when it is stale. -->\n\n")
 
 
 def _in_checkout(command) -> bool:
@@ -38,7 +38,7 @@ def _in_checkout(command) -> bool:
 def render() -> str:
     """The Markdown reference of the ``sanitize`` command and all its sub-commands."""
     sys.path.insert(0, str(ROOT))
-    from sanitize.cli import app
+    from sanitize.cli.app import app
 
     command = typer.main.get_command(app)
     for name in [n for n, c in command.commands.items() if not _in_checkout(c)]:

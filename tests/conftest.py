@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from sanitize import ember, examples
-from sanitize.cli import main
+from sanitize.cli.app import main
 from sanitize.ember import synth as ember_synth
 from sanitize.output import write_image_subset
 from sanitize.result import DetectionResult
@@ -211,7 +211,7 @@ def assert_bad_inputs_exit_2(cases: dict[str, list[str]], untouched: list[Path],
 
     def run(args: list[str]) -> subprocess.CompletedProcess:
         argv = [*args, "--device", "cpu"] if "--device" not in args else args
-        return subprocess.run([sys.executable, "-m", "sanitize.cli", *argv], capture_output=True, text=True,
+        return subprocess.run([sys.executable, "-m", "sanitize.cli.app", *argv], capture_output=True, text=True,
                               timeout=180)
 
     # The cases are independent processes, each mostly importing torch: run them side by side.

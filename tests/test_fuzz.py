@@ -207,7 +207,7 @@ def test_the_image_size_limit_is_the_users_to_set(corpus, tmp_path, capsys, monk
 
 
 def test_the_old_format_flag_is_read_for_one_release() -> None:
-    from sanitize.cli_common import InputFormat, input_format
+    from sanitize.cli.common import InputFormat, input_format
     from sanitize.errors import SanitizeError
 
     assert input_format(InputFormat.auto, None) == "auto"
@@ -219,7 +219,7 @@ def test_the_old_format_flag_is_read_for_one_release() -> None:
 
 def test_the_input_format_choices_are_the_readers() -> None:
     """The command line lists the formats without importing the readers (torch); the lists agree."""
-    from sanitize.cli_common import InputFormat
+    from sanitize.cli.common import InputFormat
     from sanitize.features import FORMATS
 
     assert tuple(f.value for f in InputFormat) == FORMATS

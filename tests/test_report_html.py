@@ -19,7 +19,7 @@ from PIL import Image
 
 from sanitize import examples
 from sanitize.attacks import badnet
-from sanitize.cli_common import run_detector
+from sanitize.cli.common import run_detector
 from sanitize.pipeline import RunOptions
 from sanitize.report.evidence import class_threshold, difference_stats, feature_contrast, recovered_trigger
 from sanitize.report.html import build_html, write_html_report

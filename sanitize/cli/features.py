@@ -16,9 +16,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from .domains import check_fraction, resolve_class
-from .errors import SanitizeError
-from .output import atomic_write, claim_out_dir, staged_output
+from ..domains import check_fraction, resolve_class
+from ..errors import SanitizeError
+from ..output import atomic_write, claim_out_dir, staged_output
 
 stdout = Console()
 
@@ -79,8 +79,8 @@ def features_command(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No summary table.")] = False,
 ) -> int:
     """Extract EMBER (feature version 2) raw features from PE files with lief; skip other files with a reason."""
-    from . import ember
-    from .ember.pe import NotPE, iter_files, raw_features
+    from .. import ember
+    from ..ember.pe import NotPE, iter_files, raw_features
 
     if label not in (-1, 0, 1):
         raise SanitizeError(f"--label {label}: expected -1, 0 or 1")
@@ -167,9 +167,9 @@ def _poison_rows_and_write(name: str, clean: Path, out: Path, rate: float | None
                            ) -> tuple[dict, int]:
     """Poison the rows and write them in the input format with poison.json; the record and the number
     of unlabelled rows."""
-    from .attacks import FEATURE_ATTACK_INFO, FEATURE_ATTACKS
-    from .attacks.io import feature_poison_record, write_poison_json
-    from .features import load_features, write_features
+    from ..attacks import FEATURE_ATTACK_INFO, FEATURE_ATTACKS
+    from ..attacks.io import feature_poison_record, write_poison_json
+    from ..features import load_features, write_features
 
     info = FEATURE_ATTACK_INFO[name]
     data = load_features(clean, fmt)

@@ -19,14 +19,14 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from .attacks.catalog import ATTACK_INFO, FEATURE_ATTACK_INFO
-from .domains import SEED_RANGE, check_fraction, parse_size, resolve_class
-from .errors import SanitizeError
-from .output import atomic_write, claim_out_dir
+from ..attacks.catalog import ATTACK_INFO, FEATURE_ATTACK_INFO
+from ..domains import SEED_RANGE, check_fraction, parse_size, resolve_class
+from ..errors import SanitizeError
+from ..output import atomic_write, claim_out_dir
 
 if TYPE_CHECKING:
-    from .attacks import Stamp
-    from .data import ImageDataset
+    from ..attacks import Stamp
+    from ..data import ImageDataset
 
 stdout = Console()
 
@@ -139,7 +139,7 @@ def attack_command(
 
     name = name.lower()
     if name in FEATURE_ATTACK_INFO:
-        from .cli_features import feature_attack
+        from .features import feature_attack
 
         image_only = {"--cover-rate": cover_rate, "--source": source, "--cover-classes": cover_classes,
                       "--trigger": trigger, "--mask": mask, "--test": test, "--test-out": test_out, "--size": size}
@@ -167,10 +167,10 @@ def _poison_and_write(name: str, clean_dir: Path, out: Path, target: str, seed: 
                       mask: Path | None, test: Path | None, test_dest: Path | None, size: str | None,
                       force: bool) -> dict:
     """Poison the clean folder and write OUT_DIR (and the triggered test copy); the poison.json record."""
-    from .attacks import ATTACKS, apply_trigger_to_test, load_trigger
-    from .attacks.io import poison_record, save_stamp, write_poison_json, write_poisoned, write_triggered_test
-    from .data import load_image_folder, load_like
-    from .output import staged_output
+    from ..attacks import ATTACKS, apply_trigger_to_test, load_trigger
+    from ..attacks.io import poison_record, save_stamp, write_poison_json, write_poisoned, write_triggered_test
+    from ..data import load_image_folder, load_like
+    from ..output import staged_output
 
     data = load_image_folder(clean_dir, size=parse_size(size))
     target_index = resolve_class(target, data.classes, "--target")
@@ -242,7 +242,7 @@ def evaluate_command(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No table.")] = False,
 ) -> int:
     """Score a detector report against the ground truth: TPR, FPR, precision, AUROC."""
-    from .evaluate import evaluate_files, format_metric
+    from ..evaluate import evaluate_files, format_metric
 
     if json_out is not None:
         check_json_out(json_out, [report, report / "report.json", truth])

@@ -12,7 +12,9 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from .cli_common import (
+from ..domains import check_epochs
+from ..errors import SanitizeError
+from .common import (
     DataArg,
     DeviceOpt,
     FailOnDetectOpt,
@@ -31,13 +33,11 @@ from .cli_common import (
     input_format,
     run_detector,
 )
-from .domains import check_epochs
-from .errors import SanitizeError
 
 if TYPE_CHECKING:
-    from .data import ImageDataset
-    from .progress import Progress
-    from .result import DetectionResult
+    from ..data import ImageDataset
+    from ..progress import Progress
+    from ..result import DetectionResult
 
 SCAN_METHODS = ("spectral", "activation-clustering", "strip", "scan", "spectre")
 BUDGET_METHODS = ("spectral", "spectre")
@@ -126,9 +126,9 @@ def scan_command(
     html: HtmlOpt = True,
 ) -> int:
     """Passive baselines: Spectral Signatures, Activation Clustering, STRIP, SCAn, SPECTRE."""
-    from .detectors import get_detector
-    from .nn.devices import resolve_device
-    from .pipeline import RunOptions
+    from ..detectors import get_detector
+    from ..nn.devices import resolve_device
+    from ..pipeline import RunOptions
 
     settings = scan_settings(method, budget, frr, arch, epochs, cache_dir, layer, reclassify, reclassify_threshold)
     check_arch(arch)

@@ -15,11 +15,11 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from .domains import SEED_RANGE
-from .errors import SanitizeError
+from ..domains import SEED_RANGE
+from ..errors import SanitizeError
 
 if TYPE_CHECKING:
-    from .pipeline import Detect, RunOptions
+    from ..pipeline import Detect, RunOptions
 
 stdout = Console()
 stderr = Console(stderr=True)
@@ -77,7 +77,7 @@ HtmlOpt = Annotated[bool, typer.Option(
 
 def check_arch(arch: str, also: tuple[str, ...] = ()) -> None:
     """Refuse an --arch that is neither ``auto``, one of ``also``, nor a registered model."""
-    from .nn.models import available_models
+    from ..nn.models import available_models
 
     if arch != "auto" and arch not in also and arch not in available_models():
         raise SanitizeError(f"unknown --arch {arch!r}; choose from {', '.join(('auto', *also, *available_models()))}")
@@ -86,7 +86,7 @@ def check_arch(arch: str, also: tuple[str, ...] = ()) -> None:
 def run_detector(detect: Detect, data_dir: Path, reserve_dir: Path | None, opts: RunOptions) -> int:
     """Run the pipeline (:func:`sanitize.pipeline.run`) and say what it found: the summary table,
     or one JSON document with ``--json-only``; the exit code is the gate's."""
-    from . import pipeline
+    from .. import pipeline
 
     report, out = pipeline.run(detect, data_dir, reserve_dir, opts)
     if opts.json_only:

@@ -20,8 +20,25 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from . import cli_asset, cli_attack, cli_bench, cli_features, cli_scan
-from .cli_common import (
+from ..domains import check_fraction
+from ..errors import SanitizeError
+from ..exits import (  # noqa: F401 -- EXIT_* are part of this module's interface
+    DEBUG_ENV,
+    EXIT_BAD_INPUT,
+    EXIT_CLEAN,
+    EXIT_FLAGGED,
+    EXIT_INTERNAL,
+    EXIT_INTERRUPTED,
+    INTERRUPTED,
+    Terminated,
+    catch_termination,
+    crash_line,
+    stopped,
+    warnings_as_notes,
+    write_crash_log,
+)
+from . import asset, attack, bench, features, scan
+from .common import (
     AlphaOpt,
     DataArg,
     DeviceOpt,
@@ -44,28 +61,11 @@ from .cli_common import (
     stderr,
     stdout,
 )
-from .domains import check_fraction
-from .errors import SanitizeError
-from .exits import (  # noqa: F401 -- EXIT_* are part of this module's interface
-    DEBUG_ENV,
-    EXIT_BAD_INPUT,
-    EXIT_CLEAN,
-    EXIT_FLAGGED,
-    EXIT_INTERNAL,
-    EXIT_INTERRUPTED,
-    INTERRUPTED,
-    Terminated,
-    catch_termination,
-    crash_line,
-    stopped,
-    warnings_as_notes,
-    write_crash_log,
-)
 
 if TYPE_CHECKING:
-    from .datasets import Dataset
-    from .progress import Progress
-    from .result import DetectionResult
+    from ..datasets import Dataset
+    from ..progress import Progress
+    from ..result import DetectionResult
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Find and remove backdoor-poisoned samples from a training set.")
@@ -96,10 +96,10 @@ def ct_command(
     html: HtmlOpt = True,
 ) -> int:
     """Confusion Training (Qi et al., USENIX Security 2023): flag poison samples in DATA."""
-    from .detectors.canaries import check_alpha
-    from .detectors.ct import ConfusionTraining, get_schedule
-    from .nn.devices import resolve_device
-    from .pipeline import RunOptions
+    from ..detectors.canaries import check_alpha
+    from ..detectors.ct import ConfusionTraining, get_schedule
+    from ..nn.devices import resolve_device
+    from ..pipeline import RunOptions
 
     get_schedule(schedule)
     resolve_device(device)
@@ -124,12 +124,12 @@ def demo_command(
     quiet: QuietOpt = False,
 ) -> int:
     """Self-test on bundled data: poison scikit-learn's digits with a corner patch, run CT, score it."""
-    from . import examples
-    from .attacks import badnet
-    from .detectors.ct import ConfusionTraining
-    from .output import write_image_subset
-    from .pipeline import RunOptions
-    from .report.build import read_report
+    from .. import examples
+    from ..attacks import badnet
+    from ..detectors.ct import ConfusionTraining
+    from ..output import write_image_subset
+    from ..pipeline import RunOptions
+    from ..report.build import read_report
 
     check_fraction(rate)  # before anything is created
     if out and out.exists() and not out.is_dir():
@@ -163,8 +163,8 @@ def demo_command(
     return EXIT_CLEAN
 
 
-# The command groups that live in their own modules (they import cli_common, never this module).
-for _module in (cli_attack, cli_asset, cli_scan, cli_bench, cli_features):
+# The command groups that live in their own modules (they import .common, never this module).
+for _module in (attack, asset, scan, bench, features):
     _module.register(app)
 
 

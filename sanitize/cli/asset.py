@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from .cli_common import (
+from .common import (
     AlphaOpt,
     DataArg,
     DeviceOpt,
@@ -29,9 +29,9 @@ from .cli_common import (
 )
 
 if TYPE_CHECKING:
-    from .datasets import Dataset
-    from .progress import Progress
-    from .result import DetectionResult
+    from ..datasets import Dataset
+    from ..progress import Progress
+    from ..result import DetectionResult
 
 ScheduleOpt = Annotated[str, typer.Option(help="fast (default) or reference (the released demo's settings).")]
 ArchOpt = Annotated[str, typer.Option(help="Model: auto, resnet18, small_cnn, mobilenet_v2, vgg16, densenet121 "
@@ -68,9 +68,9 @@ def asset_command(
     html: HtmlOpt = True,
 ) -> int:
     """ASSET (Pan et al., USENIX Security 2023): flag poison samples in DATA by active offset."""
-    from .detectors.asset import ASSET
-    from .nn.devices import resolve_device
-    from .pipeline import RunOptions
+    from ..detectors.asset import ASSET
+    from ..nn.devices import resolve_device
+    from ..pipeline import RunOptions
 
     resolve_device(device)
     check_arch(arch, also=("ember_mlp",))

@@ -12,10 +12,10 @@ from typing import Annotated
 
 import typer
 
-from .cli_common import DeviceOpt, QuietOpt, SizeOpt, stdout
-from .domains import check_epochs, parse_size
-from .errors import SanitizeError
-from .exits import EXIT_CLEAN
+from ..domains import check_epochs, parse_size
+from ..errors import SanitizeError
+from ..exits import EXIT_CLEAN
+from .common import DeviceOpt, QuietOpt, SizeOpt, stdout
 
 
 def register(app: typer.Typer) -> None:
@@ -66,11 +66,11 @@ def bench_command(
     """Benchmark detectors: poison CLEAN with each attack, detect, score, retrain, measure ACC/ASR."""
     from contextlib import nullcontext
 
-    from .bench import BenchConfig, markdown_table, run_bench
-    from .data import load_image_folder, load_like, load_reserve
-    from .nn.models import available_models
-    from .output import claim_out_dir
-    from .progress import RichProgress, Silent
+    from ..bench import BenchConfig, markdown_table, run_bench
+    from ..data import load_image_folder, load_like, load_reserve
+    from ..nn.models import available_models
+    from ..output import claim_out_dir
+    from ..progress import RichProgress, Silent
 
     config = BenchConfig(parse_list(attacks, "--attacks"), parse_list(detectors, "--detectors"), parse_seeds(seeds),
                          rate, target, device, arch, epochs, None if cache_dir is None else str(cache_dir))
