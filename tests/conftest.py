@@ -211,7 +211,7 @@ def assert_bad_inputs_exit_2(cases: dict[str, list[str]], untouched: list[Path],
 
     def run(args: list[str]) -> subprocess.CompletedProcess:
         argv = [*args, "--device", "cpu"] if "--device" not in args else args
-        return subprocess.run([sys.executable, "-m", "sanitize.cli.app", *argv], capture_output=True, text=True,
+        return subprocess.run([sys.executable, "-m", "sanitize", *argv], capture_output=True, text=True,
                               timeout=180)
 
     # The cases are independent processes, each mostly importing torch: run them side by side.

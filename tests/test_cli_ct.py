@@ -79,6 +79,6 @@ def test_error_messages_name_the_problem(digits_folders, tmp_path) -> None:
     expected = {"empty folder": "no images found", "corrupt image": "cannot decode image",
                 "reserve with unknown class": "not in the dataset: cat", "--out inside the input": "inside the input"}
     for name, fragment in expected.items():
-        proc = subprocess.run([sys.executable, "-m", "sanitize.cli.app", *cases[name]], capture_output=True, text=True,
+        proc = subprocess.run([sys.executable, "-m", "sanitize", *cases[name]], capture_output=True, text=True,
                               timeout=120)
         assert fragment in proc.stderr, (name, proc.stderr)

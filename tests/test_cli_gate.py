@@ -85,7 +85,7 @@ def test_no_colour_codes_when_not_a_terminal(digits_folders, tmp_path) -> None:
     (tmp_path / "report.json").write_text(json.dumps(report))
     env = {k: v for k, v in os.environ.items() if k not in ("FORCE_COLOR", "TERM")}
     for args in (["--help"], ["evaluate", str(tmp_path / "report.json"), "--truth", str(data / "poison.json")]):
-        proc = subprocess.run([sys.executable, "-m", "sanitize.cli.app", *args], capture_output=True, text=True,
+        proc = subprocess.run([sys.executable, "-m", "sanitize", *args], capture_output=True, text=True,
                               env=env, timeout=120)
         assert proc.returncode == 0, proc.stderr
         assert proc.stdout.strip() and "\x1b[" not in proc.stdout + proc.stderr, args

@@ -6,6 +6,13 @@ exit code; ``common`` the options every detector command shares; one module per 
 imports torch until a command runs.
 """
 
-from .app import app, main
-
 __all__ = ["app", "main"]
+
+
+def __getattr__(name: str):
+    """``app`` and ``main`` on first use, so that ``python -m sanitize.cli.app`` runs one copy."""
+    if name in __all__:
+        from . import app as module
+
+        return getattr(module, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
