@@ -1,4 +1,4 @@
-"""The ``sanitize`` console script: a small door in front of :func:`sanitize.cli.app.main`.
+"""The ``sanitize`` console script: a small door in front of :func:`sanitize.cli.root.main`.
 
 Importing the command line takes a few tenths of a second (torch and the detectors load later,
 when a command runs, and are covered by the command line's own handler). A Ctrl-C or a
@@ -17,7 +17,7 @@ from .exits import Terminated, catch_termination, stopped
 def main() -> None:
     catch_termination()
     try:
-        from .cli.app import main as run
+        from .cli.root import main as run
     except (KeyboardInterrupt, Terminated) as exc:
         line, code = stopped(exc)
         print(line, file=sys.stderr)

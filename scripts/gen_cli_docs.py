@@ -3,7 +3,7 @@
     python scripts/gen_cli_docs.py          # rewrite docs/cli.md
     python scripts/gen_cli_docs.py --check  # exit 1 when docs/cli.md differs from the app
 
-This does what ``typer sanitize.cli.app utils docs`` does, but imports ``sanitize.cli.app`` as a
+This does what ``typer sanitize.cli.root utils docs`` does, but imports ``sanitize.cli.root`` as a
 normal module: the ``typer`` command loads the file without registering it in ``sys.modules``, and
 the CLI's dataclasses cannot be built that way. Help texts are copied as plain text. Every
 command the app registers (``sanitize/cli/``) is documented.
@@ -38,7 +38,7 @@ def _in_checkout(command) -> bool:
 def render() -> str:
     """The Markdown reference of the ``sanitize`` command and all its sub-commands."""
     sys.path.insert(0, str(ROOT))
-    from sanitize.cli.app import app
+    from sanitize.cli.root import app
 
     command = typer.main.get_command(app)
     for name in [n for n, c in command.commands.items() if not _in_checkout(c)]:

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from sanitize import ember, examples
-from sanitize.cli.app import main
+from sanitize.cli.root import main
 from sanitize.ember import synth as ember_synth
 from sanitize.output import write_image_subset
 from sanitize.result import DetectionResult

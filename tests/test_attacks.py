@@ -32,7 +32,7 @@ from sanitize.attacks.blend import PIECES
 from sanitize.attacks.patch import ADAP_PATCH_OPACITY, patch_side
 from sanitize.attacks.sig import sig_frequency
 from sanitize.attacks.wanet import control_points, identity_grid, wanet_grid
-from sanitize.cli.app import main
+from sanitize.cli.root import main
 from sanitize.data import ImageDataset
 from sanitize.errors import SanitizeError
 from sanitize.output import write_image_subset

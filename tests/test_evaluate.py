@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from sanitize.cli.app import main
+from sanitize.cli.root import main
 from sanitize.errors import SanitizeError
 from sanitize.evaluate import Truth, evaluate_files, evaluate_report, load_truth
 
@@ -169,7 +169,7 @@ def test_commands_that_do_not_train_start_without_torch(tmp_path: Path, args: li
     if args == ["evaluate", "REPORT"]:
         args = ["evaluate", str(tmp_path / "report.json"), "--truth", str(tmp_path / "poison.json")]
         heavy = ("torch", "torchvision", "PIL", "statsmodels", "jinja2")
-    script = ("import sys\nfrom sanitize.cli.app import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit as e:\n"
+    script = ("import sys\nfrom sanitize.cli.root import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit as e:\n"
               f"    code = e.code\nprint('LOADED', code, sorted(m for m in {heavy!r} if m in sys.modules))")
     proc = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True, timeout=120)
     assert proc.stdout.strip().splitlines()[-1] == "LOADED 0 []", proc.stdout[-500:] + proc.stderr[-500:]
