@@ -14,7 +14,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 WORKDIR /opt/sanitize
 COPY pyproject.toml README.md ./
 COPY sanitize ./sanitize
-RUN pip install --no-cache-dir ".[pe]" \
+RUN pip install --no-cache-dir "./.[pe]" \
     && useradd --create-home --uid 10001 --shell /usr/sbin/nologin sanitize
 
 # An unprivileged user (uid 10001). Mounted output folders must be writable by it, or pass
