@@ -26,6 +26,7 @@ rule selects.
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -63,7 +64,7 @@ def report_whole_set(model, inp, schedule, truth: np.ndarray, seed: int) -> None
     """Held-out AUROC of the set-wide concentration scores, and what the ``global`` rule selects."""
     d = asset_module.penultimate(model, inp.x, inp.prep)
     r = asset_module.penultimate(model, inp.reserve_x, inp.prep)
-    global_schedule = asset_module.with_overrides(schedule, selection="global")
+    global_schedule = replace(schedule, selection="global")
     torch.manual_seed(seed)
     scored = asset_module.global_crossfit_scores(d, r, global_schedule, torch.Generator().manual_seed(seed))
     chosen = np.zeros(len(truth), dtype=bool)  # global_selection's rule on these scores, not scored again

@@ -18,14 +18,16 @@ from __future__ import annotations
 import argparse
 import json
 from collections import defaultdict
+from dataclasses import replace
 
 import numpy as np
 from common import timed_detection, use_threads
 from sklearn.metrics import roc_auc_score
 
-from sanitize import asset, examples
+from sanitize import asset
 from sanitize.attacks import badnet, blend
-from sanitize.detectors.asset import FAST, with_overrides
+from sanitize.data import examples
+from sanitize.detectors.asset import FAST
 
 ATTACKS = {"badnet": badnet, "blend": blend}
 
@@ -39,7 +41,7 @@ def one_run(attack: str, seed: int, variant: dict, rate: float) -> dict:
         poisoned = ATTACKS[attack](data, rate, target=0, seed=seed)
         inspected, truth = poisoned.dataset, poisoned.is_poison
     result, seconds, tpr, fpr = timed_detection(asset, truth, "cpu", inspected, reserve, seed=seed,
-                                                schedule=with_overrides(FAST, **variant))
+                                                schedule=replace(FAST, **variant))
     return {"attack": attack, "seed": seed, "variant": variant, "tpr": tpr, "fpr": fpr,
             "n_flagged": result.n_flagged,
             "auroc": float(roc_auc_score(truth, result.scores)) if truth.any() else None,

@@ -30,7 +30,7 @@ from common import CLASSES, DEFAULT_DATA_DIR, load_module
 
 from sanitize import from_arrays
 from sanitize.attacks import ATTACK_INFO, ATTACKS, PoisonedSet, apply_trigger_to_test
-from sanitize.data import ImageDataset
+from sanitize.data.images import ImageDataset
 from sanitize.nn.devices import resolve_device, seed_everything
 from sanitize.nn.engine import Preprocess, TrainSpec, infer, train_supervised
 from sanitize.nn.models import Classifier, build_model

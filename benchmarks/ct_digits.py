@@ -20,8 +20,9 @@ from pathlib import Path
 
 import torch
 
-from sanitize import ct, examples
+from sanitize import ct
 from sanitize.attacks import badnet
+from sanitize.data import examples
 
 
 class PrintPhases:

@@ -26,9 +26,9 @@ import torch
 
 from sanitize import ember
 from sanitize.attacks.ember_explanation import choose_trigger
+from sanitize.data.rows import load_features
 from sanitize.detectors.ct import FeatureConfusionTraining
 from sanitize.ember import synth as ember_synth
-from sanitize.features import load_features
 
 POOL = 4000
 

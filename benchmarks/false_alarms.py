@@ -33,9 +33,10 @@ from pathlib import Path
 import numpy as np
 from common import DEFAULT_DATA_DIR, load_module, pick_device, timed_detection, use_threads
 
-from sanitize import asset, ct, examples, from_arrays
+from sanitize import asset, ct, from_arrays
 from sanitize.attacks import ATTACKS
 from sanitize.attacks.ember_explanation import ember_explanation
+from sanitize.data import examples
 from sanitize.errors import SanitizeError
 
 DETECTORS = {"ct": ct, "asset": asset}
@@ -67,8 +68,8 @@ def image_sets(name: str, per_class: int, seed: int, args):
 
 def ember_sets(per_class: int, seed: int, args):
     """(inspected, reserve) generated EMBER-format rows of one run."""
+    from sanitize.data.rows import FeatureDataset
     from sanitize.ember import synth as ember_synth
-    from sanitize.features import FeatureDataset
 
     def rows(n: int, s: int) -> FeatureDataset:
         import torch

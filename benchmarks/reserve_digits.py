@@ -20,8 +20,9 @@ import time
 
 import numpy as np
 
-from sanitize import ct, examples
+from sanitize import ct
 from sanitize.attacks import badnet
+from sanitize.data import examples
 
 
 def stratified(reserve, n: int, seed: int):

@@ -28,12 +28,13 @@ __version__ = _version()
 # The public names load on first use (PEP 562), so that importing a light submodule (the console
 # script's door, ``sanitize.exits``) does not load torch.
 _EXPORTS = {
-    "ImageDataset": ".data", "from_arrays": ".data", "load_image_folder": ".data", "load_reserve": ".data",
+    "ImageDataset": ".data.images", "from_arrays": ".data.images", "load_image_folder": ".data.images",
+    "load_reserve": ".data.images",
     "ASSET": ".detectors.asset", "asset": ".detectors.asset",
     "ConfusionTraining": ".detectors.ct", "ct": ".detectors.ct",
     "DetectionResult": ".result",
     "get_detector": ".detectors",
-    "load_features": ".features",
+    "load_features": ".data.rows",
     "RunOptions": ".pipeline", "run": ".pipeline",
 }
 

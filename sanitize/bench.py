@@ -36,10 +36,10 @@ import torch
 
 from . import __version__
 from .attacks import ATTACK_INFO, ATTACKS, PoisonedSet, apply_trigger_to_test
-from .data import ImageDataset
+from .data.images import ImageDataset
 from .detectors import detector_class, get_detector
 from .domains import check_fraction
-from .errors import SanitizeError
+from .errors import ParameterError, SanitizeError
 from .evaluate import Truth, evaluate_report
 from .nn.cache import content_hash, trained_model
 from .nn.devices import resolve_device
@@ -116,7 +116,7 @@ class Bench:
                  log: Callable[[str], None] | None = None) -> None:
         config.check()
         if not 0 <= config.target < clean.num_classes:
-            raise SanitizeError(f"--target {config.target}: the dataset has classes 0..{clean.num_classes - 1}")
+            raise ParameterError("target", config.target, f"the dataset has classes 0..{clean.num_classes - 1}")
         self.clean, self.reserve, self.test = clean, reserve, test
         self.out, self.config = Path(out), config
         self.progress = progress or Silent()

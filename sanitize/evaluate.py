@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import SanitizeError
+from .errors import ParameterError, SanitizeError
 from .report.build import read_report
 
 
@@ -48,17 +48,17 @@ def load_truth(path: str | Path) -> Truth:
     try:
         text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        raise SanitizeError(f"--truth {path}: cannot read ({exc})") from None
+        raise ParameterError("truth", path, f"cannot read ({exc})") from None
     try:
         data = json.loads(text)
     except RecursionError:
-        raise SanitizeError(f"--truth {path}: JSON nested too deeply") from None
+        raise ParameterError("truth", path, "JSON nested too deeply") from None
     except json.JSONDecodeError:
         lines = (line.split("#", 1)[0].strip() for line in text.splitlines())
         return Truth([normalise_path(line) for line in lines if line])
     if isinstance(data, dict):
         if "poison" not in data:
-            raise SanitizeError(f"--truth {path}: JSON object without a 'poison' list")
+            raise ParameterError("truth", path, "JSON object without a 'poison' list")
         return Truth(_path_list(data["poison"], f"--truth {path} 'poison'"),
                      _path_list(data.get("cover", []), f"--truth {path} 'cover'"))
     return Truth(_path_list(data, f"--truth {path}"))

@@ -27,7 +27,7 @@ from .errors import SanitizeError
 if TYPE_CHECKING:
     import numpy as np
 
-    from .data import ImageDataset
+    from .data.images import ImageDataset
 
 
 def _is_within(path: Path, parent: Path) -> bool:

@@ -12,12 +12,12 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
-from .datasets import Dataset
-from .datasets import load_inputs as read_inputs
+from .data.protocol import Dataset
+from .data.protocol import load_inputs as read_inputs
+from .data.rows import FORMATS
 from .domains import parse_size
-from .errors import SanitizeError
+from .errors import ParameterError
 from .exits import EXIT_CLEAN, EXIT_FLAGGED, warnings_as_notes
-from .features import FORMATS
 from .output import claim_out_dir, staged_output
 from .progress import Progress, RichProgress, Silent
 from .report.build import build_report, write_report
@@ -44,9 +44,9 @@ class RunOptions:
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.max_flagged_fraction <= 1.0:
-            raise SanitizeError(f"--max-flagged-fraction {self.max_flagged_fraction}: expected a value in [0, 1]")
+            raise ParameterError("max_flagged_fraction", self.max_flagged_fraction, "expected a value in [0, 1]")
         if self.format not in FORMATS:
-            raise SanitizeError(f"--input-format {self.format!r}: expected one of {', '.join(FORMATS)}")
+            raise ParameterError("format", self.format, f"expected one of {', '.join(FORMATS)}", flag="--input-format")
 
 
 def gate(summary: dict, max_flagged_fraction: float = 0.0, fail_on_detect: bool = False) -> dict:

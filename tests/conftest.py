@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 import torch
 
-from sanitize import ember, examples
+from sanitize import ember
 from sanitize.cli.root import main
+from sanitize.data import examples
 from sanitize.ember import synth as ember_synth
 from sanitize.output import write_image_subset
 from sanitize.result import DetectionResult

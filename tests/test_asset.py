@@ -38,7 +38,6 @@ from sanitize.detectors.asset import (
     select_outliers,
     select_poison_rich,
     suspected_from_flags,
-    with_overrides,
 )
 from sanitize.errors import SanitizeError
 
@@ -85,7 +84,7 @@ def test_clean_digits_flag_at_most_one_percent() -> None:
 
 def tiny() -> object:
     """A short schedule for contract and determinism checks (seconds, not minutes)."""
-    return with_overrides(FAST, base=replace(FAST.base, epochs=1), min_base_steps=20, min_offset_steps=4,
+    return replace(FAST, base=replace(FAST.base, epochs=1), min_base_steps=20, min_offset_steps=4,
                           mlp_steps=10)
 
 
@@ -113,7 +112,7 @@ def test_registry_and_settings() -> None:
     assert ASSET(selection="ao", ao_cut=1.5).resolved_schedule().ao_cut == 1.5
     for bad in ({"threshold": "median"}, {"mlp_loss": "hinge"}, {"features": "logits"}, {"ao_sides": "lower"}):
         with pytest.raises(SanitizeError, match=next(iter(bad))):
-            ASSET(schedule=with_overrides(FAST, **bad)).resolved_schedule()
+            ASSET(schedule=replace(FAST, **bad)).resolved_schedule()
     with pytest.raises(SanitizeError, match="alpha"):
         ASSET(alpha=0.0).resolved_schedule()
 
@@ -182,7 +181,7 @@ def test_train_mode_map_reads_the_map_before_pooling_with_batch_statistics() -> 
 
 def test_reference_runs_the_demos_pipeline_end_to_end() -> None:
     data, reserve = digits_split(0)
-    short = with_overrides(REFERENCE, base=replace(REFERENCE.base, epochs=2), min_offset_steps=3, mlp_steps=5)
+    short = replace(REFERENCE, base=replace(REFERENCE.base, epochs=2), min_offset_steps=3, mlp_steps=5)
     result = asset(badnet(data, 0.05, target=0, seed=0).dataset, reserve, schedule=short, device="cpu", seed=0)
     assert result.settings["threshold"].keys() == {"cut", "lower_half_mean", "lower_half_sd"}
     assert result.settings["canaries"] == 0 and all("p_value" not in c for c in result.class_stats)
@@ -272,7 +271,7 @@ def test_crossfit_selection_finds_the_trigger_and_little_else() -> None:
     assert found >= 0.8 * 80 and strays <= 3 and null <= 3, (found, strays, null)
 
 
-GLOBAL = with_overrides(FAST, selection="global")
+GLOBAL = replace(FAST, selection="global")
 
 
 @pytest.mark.parametrize("scope", ["batch", "global"])
@@ -285,7 +284,7 @@ def test_crossfit_scores_are_held_out(scope: str) -> None:
         torch.manual_seed(1)
         gen = torch.Generator().manual_seed(1)
         if scope == "global":
-            s, _, d_fold, _ = global_crossfit_scores(d_feats, r, with_overrides(GLOBAL, global_min_steps=20), gen)
+            s, _, d_fold, _ = global_crossfit_scores(d_feats, r(GLOBAL, global_min_steps=20), gen)
         else:
             s, _, d_fold, _ = crossfit_scores(d_feats, r, 20, 2e-3, 16, gen)
         return s, d_fold
@@ -341,7 +340,7 @@ def test_global_picks_never_take_canaries() -> None:
 def test_global_selection_runs_end_to_end_and_is_seeded() -> None:
     data, reserve = digits_split(0)
     poisoned = badnet(data, 0.05, target=0, seed=0).dataset
-    schedule = with_overrides(tiny(), selection="global", global_min_steps=20)
+    schedule = replace(tiny(), selection="global", global_min_steps=20)
     result = asset(poisoned, reserve, schedule=schedule, device="cpu", seed=0)
     assert result.settings["selection"] == "global" and result.settings["global_selected"] > 0
     assert_seeded_on_cpu(lambda seed: asset(poisoned, reserve, schedule=schedule, device="cpu", seed=seed))

@@ -11,8 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from sanitize import asset, ember, examples
+from sanitize import asset, ember
 from sanitize.attacks import ember_explanation
+from sanitize.data import examples
+from sanitize.data.rows import FeatureDataset, load_feature_reserve, load_features
 from sanitize.detectors.asset import (
     ASSET,
     FEATURE_FAST,
@@ -25,10 +27,8 @@ from sanitize.detectors.asset import (
     max_step_norm,
     robust_z,
     with_canaries,
-    with_overrides,
 )
 from sanitize.detectors.ct import ember_mlp
-from sanitize.features import FeatureDataset, load_feature_reserve, load_features
 from sanitize.output import write_image_subset
 
 from .conftest import (
@@ -229,7 +229,7 @@ def test_feature_schedules_and_determinism(one_thread) -> None:
 
     data, reserve = rows(0, 400), rows(400, 600)
     reserve = reserve.subset(reserve.labelled_indices())
-    tiny = with_overrides(FEATURE_FAST, base=replace(FEATURE_FAST.base, epochs=1), min_base_steps=10,
+    tiny = replace(FEATURE_FAST, base=replace(FEATURE_FAST.base, epochs=1), min_base_steps=10,
                           min_offset_steps=4, mlp_steps=5)
     first = asset(data, reserve, schedule=tiny, device="cpu", seed=3)
     second = asset(data, reserve, schedule=tiny, device="cpu", seed=3)

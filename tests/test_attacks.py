@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from sanitize import examples, from_arrays, load_image_folder
+from sanitize import from_arrays, load_image_folder
 from sanitize.attacks import (
     ATTACK_INFO,
     ATTACKS,
@@ -33,7 +33,8 @@ from sanitize.attacks.patch import ADAP_PATCH_OPACITY, patch_side
 from sanitize.attacks.sig import sig_frequency
 from sanitize.attacks.wanet import control_points, identity_grid, wanet_grid
 from sanitize.cli.root import main
-from sanitize.data import ImageDataset
+from sanitize.data import examples
+from sanitize.data.images import ImageDataset
 from sanitize.errors import SanitizeError
 from sanitize.output import write_image_subset
 
@@ -309,15 +310,15 @@ def test_user_trigger_with_alpha_mask(tmp_path: Path, rgb16: ImageDataset) -> No
 
 
 def test_bad_arguments_are_clear_errors(digits: ImageDataset) -> None:
-    with pytest.raises(SanitizeError, match="--rate"):
+    with pytest.raises(SanitizeError, match=r"rate=1\.5"):
         badnet(digits, 1.5)
-    with pytest.raises(SanitizeError, match="--target"):
+    with pytest.raises(SanitizeError, match="target=10"):
         blend(digits, RATE, target=10)
     with pytest.raises(SanitizeError, match="eligible"):
         sig(digits, 0.5)  # more than the target class holds
     with pytest.raises(SanitizeError, match="source"):
         tact(digits, RATE, target=1, source=1)
-    with pytest.raises(SanitizeError, match="cover-classes"):
+    with pytest.raises(SanitizeError, match="cover_classes"):
         tact(digits, RATE, target=0, cover_classes=[12])
 
 

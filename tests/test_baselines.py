@@ -20,11 +20,11 @@ from sklearn.metrics import roc_auc_score
 
 from sanitize.attacks.base import rebuild
 from sanitize.attacks.patch import badnet_stamp
-from sanitize.data import load_image_folder, load_reserve
+from sanitize.data.images import load_image_folder, load_reserve
 from sanitize.detectors import available_detectors, get_detector
-from sanitize.detectors.activation_clustering import judge_cluster
-from sanitize.detectors.passive import activation_maps, global_pool, layer_notes
-from sanitize.detectors.spectral import DEFAULT_BUDGET
+from sanitize.detectors.passive.activation_clustering import judge_cluster
+from sanitize.detectors.passive.base import activation_maps, global_pool, layer_notes
+from sanitize.detectors.passive.spectral import DEFAULT_BUDGET
 from sanitize.nn import cache as model_cache
 from sanitize.nn.engine import TrainSpec
 from sanitize.nn.models import build_model

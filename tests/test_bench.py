@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from sanitize import bench as bench_module
-from sanitize import examples
 from sanitize.bench import BenchConfig, run_bench
+from sanitize.data import examples
 from sanitize.errors import SanitizeError
 from sanitize.output import write_image_subset
 
@@ -69,7 +69,7 @@ def test_bench_all_cells_then_resume(bench_folders, tmp_path) -> None:
     config = BenchConfig(["badnet"], ["spectral", "activation-clustering"], [0], rate=0.05, epochs=15,
                          device="cpu", cache_dir=str(tmp_path / "cache"),
                          detector_settings={"spectral": {"budget": 0.1}})
-    from sanitize.data import load_image_folder, load_like, load_reserve
+    from sanitize.data.images import load_image_folder, load_like, load_reserve
 
     data = load_image_folder(root / "clean")
     changed = run_bench(data, load_reserve(root / "reserve", data), load_like(root / "test", data, "test"), out,

@@ -46,7 +46,7 @@ def test_gate_exit_codes(n_flagged, max_fraction, fail_on_detect, suspected, cod
 
 
 def test_max_flagged_fraction_is_checked() -> None:
-    with pytest.raises(SanitizeError, match="max-flagged-fraction"):
+    with pytest.raises(SanitizeError, match="max_flagged_fraction"):
         RunOptions(out="o", max_flagged_fraction=1.5)
 
 

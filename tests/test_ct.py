@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -17,7 +19,6 @@ from sanitize.detectors.ct import (
     distill,
     likelihood_ratio,
     split_canaries,
-    with_overrides,
 )
 from sanitize.errors import SanitizeError
 
@@ -46,10 +47,10 @@ def test_ct_flags_almost_nothing_on_clean_digits(seed: int) -> None:
 
 def tiny_schedule():
     """A short schedule so determinism can be checked twice in seconds."""
-    rounds = tuple(with_overrides(r, pretrain_epochs=1, confusion_steps=20, reserve_passes=None)
+    rounds = tuple(replace(r, pretrain_epochs=1, confusion_steps=20, reserve_passes=None)
                    for r in FAST.rounds[:3])
-    rounds = rounds[:-1] + (with_overrides(rounds[-1], keep_ratio=None, topup_divisor=None),)
-    return with_overrides(FAST, rounds=rounds, min_pretrain_steps=5, min_confusion_steps=0)
+    rounds = rounds[:-1] + (replace(rounds[-1], keep_ratio=None, topup_divisor=None),)
+    return replace(FAST, rounds=rounds, min_pretrain_steps=5, min_confusion_steps=0)
 
 
 def test_same_seed_same_flags_on_cpu() -> None:
@@ -75,7 +76,7 @@ def test_result_contract() -> None:
 
 def test_reference_decides_by_the_papers_rule_without_canaries() -> None:
     data, reserve = digits_split(0)
-    reference_like = with_overrides(tiny_schedule(), canary_fraction=0.0)
+    reference_like = replace(tiny_schedule(), canary_fraction=0.0)
     result = ct(data, reserve, schedule=reference_like, device="cpu", seed=0)
     assert REFERENCE.canary_fraction == REFERENCE_GTSRB.canary_fraction == 0
     assert result.settings["canaries"] == 0
@@ -147,8 +148,8 @@ def test_split_canaries_is_stratified_and_keeps_two_per_class_for_confusion() ->
 
 
 def test_feature_rows_take_the_feature_variant_and_refuse_an_image_schedule(ember_dirs) -> None:
+    from sanitize.data.rows import load_feature_reserve, load_features
     from sanitize.detectors.ct import ConfusionTraining
-    from sanitize.features import load_feature_reserve, load_features
 
     data = load_features(ember_dirs / "clean")
     reserve = load_feature_reserve(ember_dirs / "reserve", data)

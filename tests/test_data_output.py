@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sanitize.data import load_image_folder, load_reserve
+from sanitize.data.images import load_image_folder, load_reserve
 from sanitize.errors import SanitizeError
 from sanitize.output import (
     OUTPUT_MARKER,

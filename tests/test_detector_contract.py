@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 import torch
 
-from sanitize import examples
-from sanitize.detectors import available_detectors, get_detector
-from sanitize.errors import SanitizeError
-from sanitize.features import FeatureDataset
+from sanitize.data import examples
+from sanitize.data.rows import FeatureDataset
+from sanitize.detectors import available_detectors, data_kinds, get_detector
+from sanitize.errors import ParameterError, SanitizeError
 from sanitize.report.build import build_report
 from sanitize.result import DetectionResult
 
@@ -71,8 +71,9 @@ def test_result_or_one_line_refusal(outcomes, kinds, name: str, kind: str) -> No
     data, _ = kinds[kind]
     if isinstance(outcome, SanitizeError):
         assert str(outcome).strip() and "\n" not in str(outcome), outcome
-        assert kind == "feature rows", f"{name} refused {kind}: {outcome}"  # every detector reads images
+        assert kind not in data_kinds(name), f"{name} is registered for {kind} but refused it: {outcome}"
         return
+    assert kind in data_kinds(name), f"{name} read {kind}, which the registry says it does not"
     assert isinstance(outcome, DetectionResult)
     assert outcome.scores.shape == outcome.flagged.shape == (len(data),)
     assert outcome.flagged.dtype == bool and np.isfinite(outcome.scores).all()
@@ -83,11 +84,13 @@ def test_result_or_one_line_refusal(outcomes, kinds, name: str, kind: str) -> No
 
 def test_feature_rows_are_read_by_the_proactive_detectors(outcomes) -> None:
     """CT and ASSET inspect EMBER-style rows; the passive baselines say they do not."""
+    assert available_detectors("feature rows") == ["asset", "ct"]
+    assert available_detectors("images") == DETECTORS
     for name in DETECTORS:
         refused = isinstance(outcomes[name, "feature rows"], SanitizeError)
         assert refused == (name not in ("ct", "asset")), name
         if refused:
-            assert "for feature rows use ct or asset" in str(outcomes[name, "feature rows"])
+            assert "for feature rows use asset or ct" in str(outcomes[name, "feature rows"])
 
 
 @pytest.mark.parametrize("name", ["ct", "asset"])
@@ -112,3 +115,14 @@ def test_a_bad_parameter_is_a_value_error_for_python_callers(kinds) -> None:
     data, reserve = kinds["images"]
     with pytest.raises(ValueError, match="alpha"):
         get_detector("ct", alpha=2.0, device="cpu").detect(data, reserve)
+
+
+@pytest.mark.parametrize("name", DETECTORS)
+def test_settings_are_checked_in_one_place_before_any_data(name: str) -> None:
+    """``check()`` validates every detector's settings, naming the Python parameter (scikit-learn's
+    convention); ``detect`` calls it first, so a bad seed costs no loading or training."""
+    get_detector(name).check()
+    for setting in ({"seed": -1}, {"arch": "no-such-net"}):
+        with pytest.raises(ParameterError) as caught:
+            get_detector(name, device="cpu", **setting).detect(None, None)
+        assert caught.value.parameter == next(iter(setting)), (name, caught.value)

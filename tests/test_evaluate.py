@@ -125,7 +125,8 @@ def test_cli_mismatch_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]
 
 def test_poison_json_paths_match_a_report_on_the_poisoned_folder(tmp_path: Path) -> None:
     """attack -> (a detector that flags exactly the poison) -> evaluate: TPR 1, FPR 0, AUROC 1."""
-    from sanitize import examples, load_image_folder
+    from sanitize import load_image_folder
+    from sanitize.data import examples
     from sanitize.output import write_image_subset
 
     write_image_subset(examples.digits(), range(300), tmp_path / "clean")

@@ -139,7 +139,7 @@ def test_library_warnings_go_to_the_report_not_to_stderr(tmp_path, capsys, monke
 
     import numpy as np
 
-    from sanitize import examples
+    from sanitize.data import examples
     from sanitize.output import write_image_subset
     from sanitize.report.build import read_report
     from sanitize.result import DetectionResult

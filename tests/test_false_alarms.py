@@ -15,7 +15,7 @@ import json
 import numpy as np
 import pytest
 
-from sanitize import examples
+from sanitize.data import examples
 from sanitize.output import write_image_subset
 
 from .conftest import assert_valid_report, run_cli

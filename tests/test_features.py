@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from sanitize import ember
+from sanitize.data.rows import load_features, write_features
 from sanitize.ember import synth as ember_synth
 from sanitize.errors import SanitizeError
-from sanitize.features import load_features, write_features
 
 from .conftest import run_cli
 

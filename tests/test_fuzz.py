@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sanitize import examples
+from sanitize.data import examples
 from sanitize.output import OUTPUT_MARKER, output_lock, write_image_subset
 
 from .conftest import run_cli, tree_digest
@@ -159,6 +159,14 @@ MESSAGES = {
     "attack: out is the user's folder": "not written by sanitize",
     "bench: out is the user's folder": "not written by sanitize",
     "label 1e9": "at most 9999",
+    # a bad value names the flag on the command line (the library names the parameter)
+    "device cuda:abc": "--device 'cuda:abc'",
+    "max flagged fraction 2": "--max-flagged-fraction 2",
+    "size abc": "--size 'abc'",
+    "unknown input format": "--input-format 'bogus'",
+    "attack: rate nan": "--rate nan",
+    "attack: target 99": "--target 99",
+    "attack: trigger size 0": "--trigger-size 0",
 }
 
 
@@ -220,6 +228,37 @@ def test_the_old_format_flag_is_read_for_one_release() -> None:
 def test_the_input_format_choices_are_the_readers() -> None:
     """The command line lists the formats without importing the readers (torch); the lists agree."""
     from sanitize.cli.common import InputFormat
-    from sanitize.features import FORMATS
+    from sanitize.data.rows import FORMATS
 
     assert tuple(f.value for f in InputFormat) == FORMATS
+
+
+def test_the_listed_choices_are_the_librarys() -> None:
+    """``--schedule`` and ``scan METHOD`` are listed in --help without importing torch; they must
+    name exactly what the library accepts."""
+    from sanitize.cli.common import AssetScheduleName, CTScheduleName, ScanMethod
+    from sanitize.detectors import available_detectors
+    from sanitize.detectors.asset.schedules import FEATURE_SCHEDULES
+    from sanitize.detectors.asset.schedules import SCHEDULES as ASSET_SCHEDULES
+    from sanitize.detectors.ct.rows import SCHEDULES as CT_FEATURE_SCHEDULES
+    from sanitize.detectors.ct.schedules import SCHEDULES as CT_SCHEDULES
+
+    assert [s.value for s in CTScheduleName] == list(CT_SCHEDULES)
+    assert set(CT_FEATURE_SCHEDULES) <= set(CT_SCHEDULES)
+    assert [s.value for s in AssetScheduleName] == list(ASSET_SCHEDULES) == list(FEATURE_SCHEDULES)
+    assert sorted(m.value for m in ScanMethod) == sorted(set(available_detectors()) - {"ct", "asset"})
+
+
+def test_a_bad_parameter_is_named_as_the_caller_named_it() -> None:
+    """Python callers read the parameter (``alpha=2.0``), the command line the flag (``--alpha 2.0``)."""
+    from sanitize import RunOptions
+    from sanitize.detectors import get_detector
+    from sanitize.errors import ParameterError
+
+    with pytest.raises(ParameterError) as caught:
+        get_detector("ct", alpha=2.0).check()
+    assert str(caught.value).startswith("alpha=2.0: ") and caught.value.command_line().startswith("--alpha 2.0: ")
+    with pytest.raises(ParameterError) as caught:
+        RunOptions(out="o", format="bogus")
+    assert str(caught.value).startswith("format='bogus': ")
+    assert caught.value.command_line().startswith("--input-format 'bogus': ")

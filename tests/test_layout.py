@@ -87,9 +87,9 @@ def test_every_import_resolves_including_those_inside_functions() -> None:
 
 def test_both_kinds_of_data_offer_what_the_pipeline_asks() -> None:
     """The pipeline writes the cleaned copy and the report page through the Dataset protocol only."""
-    from sanitize.data import ImageDataset
-    from sanitize.datasets import Dataset
-    from sanitize.features import FeatureDataset
+    from sanitize.data.images import ImageDataset
+    from sanitize.data.protocol import Dataset
+    from sanitize.data.rows import FeatureDataset
 
     wanted = {name for name in dir(Dataset) if not name.startswith("_")} | set(Dataset.__annotations__)
     for kind in (ImageDataset, FeatureDataset):

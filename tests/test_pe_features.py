@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sanitize.features import load_features
+from sanitize.data.rows import load_features
 
 from .conftest import run_cli
 

@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sanitize import examples
 from sanitize.attacks import badnet
 from sanitize.cli.common import run_detector
+from sanitize.data import examples
 from sanitize.pipeline import RunOptions
 from sanitize.report.evidence import class_threshold, difference_stats, feature_contrast, recovered_trigger
 from sanitize.report.html import build_html, write_html_report
@@ -131,7 +131,7 @@ def test_double_report_follows_schema_and_page_has_every_section(double_out, dig
 
 def test_page_lists_top_flagged_by_score_and_reads_back_from_disk(double_out) -> None:
     """The builder needs only the report dict and the pixels: a report read back from disk works."""
-    from sanitize.data import load_image_folder
+    from sanitize.data.images import load_image_folder
 
     report = json.loads((double_out / "report.json").read_text())
     data = load_image_folder(report["summary"]["input"])

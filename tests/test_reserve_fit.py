@@ -1,4 +1,4 @@
-"""A reserve that does not fit the data is refused before any training (sanitize.reserve_fit)."""
+"""A reserve that does not fit the data is refused before any training (sanitize.data.reserve_fit)."""
 
 from __future__ import annotations
 
@@ -6,11 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from sanitize import examples, from_arrays
+from sanitize import from_arrays
 from sanitize.attacks import badnet
+from sanitize.data import examples
+from sanitize.data.reserve_fit import check_reserve_fit, fitted_reserve, shared_indices
 from sanitize.errors import SanitizeError
 from sanitize.output import write_image_subset
-from sanitize.reserve_fit import check_reserve_fit, fitted_reserve, shared_indices
 
 from .conftest import digits_split, run_cli
 
@@ -59,7 +60,7 @@ def test_classes_without_canaries_are_named() -> None:
 
 
 def test_feature_rows_from_another_distribution_are_refused(ember_dirs) -> None:
-    from sanitize.features import load_feature_reserve, load_features
+    from sanitize.data.rows import load_feature_reserve, load_features
 
     data = load_features(ember_dirs / "clean")
     reserve = load_feature_reserve(ember_dirs / "reserve", data)

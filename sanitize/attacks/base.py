@@ -21,9 +21,9 @@ import numpy as np
 import torch
 from torchvision.transforms.v2 import functional as TF
 
-from ..data import ImageDataset, decode_image
+from ..data.images import ImageDataset, decode_image
 from ..domains import check_fraction
-from ..errors import SanitizeError
+from ..errors import ParameterError, SanitizeError
 from .catalog import AttackInfo  # noqa: F401 -- re-exported: its historical home
 
 TestTrigger = Callable[[torch.Tensor], torch.Tensor]
@@ -119,24 +119,24 @@ def choose_poison_indices(n_candidates: int, n_total: int, rate: float, seed: in
     check_fraction(rate)
     count = count_for(n_total, rate)
     if count > n_candidates:
-        raise SanitizeError(f"--rate {rate}: needs {count} samples but only {n_candidates} are eligible")
+        raise ParameterError("rate", rate, f"needs {count} samples but only {n_candidates} are eligible")
     rng = np.random.default_rng(seed)
     return np.sort(rng.choice(n_candidates, size=count, replace=False)).astype(np.int64)
 
 
 def choose_cover_indices(candidates: np.ndarray, n_total: int, rate: float, seed: int) -> np.ndarray:
     """``floor(n_total * rate)`` of ``candidates`` (disjoint from the poison), seeded, sorted."""
-    check_fraction(rate, "--cover-rate")
+    check_fraction(rate, "cover_rate")
     count = count_for(n_total, rate)
     if count > len(candidates):
-        raise SanitizeError(f"--cover-rate {rate}: needs {count} samples but only {len(candidates)} are eligible")
+        raise ParameterError("cover_rate", rate, f"needs {count} samples but only {len(candidates)} are eligible")
     chosen = derived_rng(seed, "cover").choice(len(candidates), size=count, replace=False)
     return np.sort(np.asarray(candidates, dtype=np.int64)[chosen])
 
 
 def check_target(dataset: ImageDataset, target: int) -> None:
     if not 0 <= target < dataset.num_classes:
-        raise SanitizeError(f"--target {target}: the dataset has classes 0..{dataset.num_classes - 1}")
+        raise ParameterError("target", target, f"the dataset has classes 0..{dataset.num_classes - 1}")
 
 
 def scaled(base: float, size: tuple[int, int], minimum: int = 1) -> int:
@@ -223,15 +223,15 @@ def load_trigger(path: str | Path, channels: int, mask_path: str | Path | None =
     if mask_path is not None:
         mask_img = decode_image(mask_path, "trigger mask").convert("L")
         if mask_img.size != img.size:
-            raise SanitizeError(f"--mask {mask_path}: size {mask_img.size[0]}x{mask_img.size[1]} differs from "
-                                f"--trigger {img.size[0]}x{img.size[1]}")
+            raise ParameterError("mask", mask_path, f"size {mask_img.size[0]}x{mask_img.size[1]} differs from "
+                                 f"the trigger's {img.size[0]}x{img.size[1]}")
         mask = np.asarray(mask_img, dtype=np.float32) / 255
     elif has_alpha:
         mask = np.asarray(rgba, dtype=np.float32)[..., 3] / 255
     else:
         mask = np.ones((img.height, img.width), dtype=np.float32)
     if not mask.any():
-        raise SanitizeError(f"--trigger {path}: the mask is empty (fully transparent)")
+        raise ParameterError("trigger", path, "the mask is empty (fully transparent)")
     return Stamp(pattern.contiguous(), torch.from_numpy(np.ascontiguousarray(mask[None])))
 
 

@@ -43,7 +43,7 @@ ATTACK_INFO: dict[str, AttackInfo] = {
     )
 }
 
-# Attacks on feature rows (sanitize.features.FeatureDataset), kept apart from the image attacks
+# Attacks on feature rows (sanitize.data.rows.FeatureDataset), kept apart from the image attacks
 # above because they take other options (``constrained``, ``trigger_size``) and other inputs.
 FEATURE_ATTACK_INFO: dict[str, AttackInfo] = {
     "ember-explanation": AttackInfo("ember-explanation", "clean label (features)", 0.01,

@@ -30,7 +30,7 @@ from sklearn.linear_model import LogisticRegression
 
 from .. import ember
 from ..domains import check_fraction
-from ..errors import SanitizeError
+from ..errors import ParameterError, SanitizeError
 from .base import PoisonedSet, count_for, derived_rng
 
 UNCONSTRAINED_SIZE = 32
@@ -61,11 +61,11 @@ def choose_trigger(X: np.ndarray, y: np.ndarray, constrained: bool, size: int | 
     """(columns, values, attribution) of the trigger for labelled rows ``X, y``."""
     version = ember.version_for_dim(X.shape[1])
     if constrained and version is None:
-        raise SanitizeError(f"--constrained needs EMBER rows (2351 or 2381 features), got {X.shape[1]}")
+        raise SanitizeError(f"the constrained trigger needs EMBER rows (2351 or 2381 features), got {X.shape[1]}")
     candidates = ember.feature_indices(ember.FEASIBLE, version) if constrained else np.arange(X.shape[1])
     size = size or (len(candidates) if constrained else UNCONSTRAINED_SIZE)
     if not 1 <= size <= len(candidates):
-        raise SanitizeError(f"--trigger-size {size}: expected 1..{len(candidates)}")
+        raise ParameterError("trigger_size", size, f"expected 1..{len(candidates)}")
     if len(np.unique(y)) < 2:
         raise SanitizeError("the attack needs labelled rows of both classes to explain a model")
     score = attribution_ranking(X, y, seed)
@@ -84,13 +84,13 @@ def stamp(X: torch.Tensor, rows: np.ndarray, columns: np.ndarray, values: np.nda
 def ember_explanation(dataset, rate: float = 0.01, target: int = 0, seed: int = 0, constrained: bool = False,
                       trigger_size: int | None = None) -> PoisonedSet:
     """Poison ``floor(rate * labelled rows)`` benign (``target``) rows of a FeatureDataset with the trigger."""
-    from ..features import FeatureDataset
+    from ..data.rows import FeatureDataset
 
     if not isinstance(dataset, FeatureDataset):
         raise SanitizeError("ember-explanation works on feature datasets (EMBER .dat, .npz, .jsonl)")
     check_fraction(rate)
     if not 0 <= target < dataset.num_classes:
-        raise SanitizeError(f"--target {target}: the dataset has classes 0..{dataset.num_classes - 1}")
+        raise ParameterError("target", target, f"the dataset has classes 0..{dataset.num_classes - 1}")
     labelled = dataset.labelled_indices()
     labels = dataset.labels.cpu().numpy()
     fit_rows = labelled
@@ -101,7 +101,7 @@ def ember_explanation(dataset, rate: float = 0.01, target: int = 0, seed: int = 
     eligible = labelled[labels[labelled] == target]
     count = count_for(len(labelled), rate)
     if count > len(eligible):
-        raise SanitizeError(f"--rate {rate}: needs {count} rows of class {target} but only {len(eligible)} exist")
+        raise ParameterError("rate", rate, f"needs {count} rows of class {target} but only {len(eligible)} exist")
     poison = np.sort(derived_rng(seed, "poison").choice(eligible, size=count, replace=False)).astype(np.int64)
     X = dataset.X.clone()
     stamp(X, poison, columns, values)

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..data import ImageDataset
+from ..data.images import ImageDataset
 from ..output import write_image_subset
 from ..report.build import library_versions
 from .base import PoisonedSet, Stamp

@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..data import ImageDataset
+from ..data.images import ImageDataset
 from .base import (
     PoisonedSet,
     Stamp,

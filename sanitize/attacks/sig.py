@@ -18,7 +18,7 @@ import math
 import numpy as np
 import torch
 
-from ..data import ImageDataset
+from ..data.images import ImageDataset
 from .base import PoisonedSet, check_target, choose_poison_indices, rebuild, stamp_rows, to_uint8
 
 SIG_DELTA = 30.0

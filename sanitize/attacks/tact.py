@@ -17,8 +17,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ..data import ImageDataset
-from ..errors import SanitizeError
+from ..data.images import ImageDataset
+from ..errors import ParameterError
 from .base import (
     PoisonedSet,
     Stamp,
@@ -35,15 +35,15 @@ from .patch import trojan_stamp
 def check_classes(dataset: ImageDataset, target: int, source: int, cover_classes: Sequence[int]) -> None:
     n = dataset.num_classes
     if not 0 <= source < n:
-        raise SanitizeError(f"--source {source}: the dataset has classes 0..{n - 1}")
+        raise ParameterError("source", source, f"the dataset has classes 0..{n - 1}")
     if source == target:
-        raise SanitizeError(f"--source {source} is the target class; choose another source")
+        raise ParameterError("source", source, "is the target class; choose another source")
     bad = [c for c in cover_classes if not 0 <= c < n]
     if bad:
-        raise SanitizeError(f"--cover-classes {','.join(map(str, cover_classes))}: class {bad[0]} is not in "
-                            f"0..{n - 1}")
+        raise ParameterError("cover_classes", ",".join(map(str, cover_classes)), f"class {bad[0]} is not in 0..{n - 1}")
     if source in cover_classes or target in cover_classes:
-        raise SanitizeError("--cover-classes must not include the source or the target class")
+        raise ParameterError("cover_classes", ",".join(map(str, cover_classes)),
+                             "must not include the source or the target class")
 
 
 def tact(dataset: ImageDataset, rate: float = 0.003, target: int = 0, seed: int = 0, source: int = 1,
@@ -57,8 +57,8 @@ def tact(dataset: ImageDataset, rate: float = 0.003, target: int = 0, seed: int 
     candidates = np.flatnonzero(labels_np == source)
     try:
         index = candidates[choose_poison_indices(len(candidates), len(dataset), rate, seed)]
-    except SanitizeError as exc:
-        raise SanitizeError(f"{exc} (source-class images)") from None
+    except ParameterError as exc:
+        raise ParameterError(exc.parameter, exc.value, f"{exc.reason} (source-class images)", flag=exc.flag) from None
     cover = choose_cover_indices(np.flatnonzero(np.isin(labels_np, cover_classes)), len(dataset), cover_rate, seed)
     stamp = trojan_stamp(dataset, seed, trigger)
     images, labels = dataset.images.clone(), dataset.labels.clone()

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from ..data import ImageDataset
+from ..data.images import ImageDataset
 from .base import (
     PoisonedSet,
     check_target,

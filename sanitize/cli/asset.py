@@ -8,6 +8,7 @@ import typer
 
 from .common import (
     AlphaOpt,
+    AssetScheduleName,
     DataArg,
     DeviceOpt,
     FailOnDetectOpt,
@@ -23,17 +24,16 @@ from .common import (
     ReserveOpt,
     SeedOpt,
     SizeOpt,
-    check_arch,
     input_format,
     run_detector,
 )
 
 if TYPE_CHECKING:
-    from ..datasets import Dataset
+    from ..data.protocol import Dataset
     from ..progress import Progress
     from ..result import DetectionResult
 
-ScheduleOpt = Annotated[str, typer.Option(help="fast (default) or reference (the released demo's settings).")]
+ScheduleOpt = Annotated[AssetScheduleName, typer.Option(help="fast: ours; reference: the released demo's settings.")]
 ArchOpt = Annotated[str, typer.Option(help="Model: auto, resnet18, small_cnn, mobilenet_v2, vgg16, densenet121 "
                                            "(auto: resnet18 on a GPU at >= 32 px, else small_cnn; "
                                            "feature rows: the ember_mlp network).")]
@@ -50,7 +50,7 @@ def asset_command(
     data: DataArg,
     reserve: ReserveOpt,
     out: OutOpt,
-    schedule: ScheduleOpt = "fast",
+    schedule: ScheduleOpt = AssetScheduleName.fast,
     arch: ArchOpt = "auto",
     epsilon: EpsilonOpt = None,
     batch_size: BatchOpt = None,
@@ -73,10 +73,9 @@ def asset_command(
     from ..pipeline import RunOptions
 
     resolve_device(device)
-    check_arch(arch, also=("ember_mlp",))
-    detector = ASSET(schedule=schedule, arch=arch, device=device, seed=seed, epsilon=epsilon, batch_size=batch_size,
-                     alpha=alpha)
-    detector.resolved_schedule()  # bad --schedule / --epsilon / --batch-size: exit 2 before any loading
+    detector = ASSET(schedule=schedule.value, arch=arch, device=device, seed=seed, epsilon=epsilon,
+                     batch_size=batch_size, alpha=alpha)
+    detector.check()  # a bad --arch / --epsilon / --batch-size: exit 2 before any loading
 
     def detect(d: Dataset, r: Dataset, progress: Progress) -> DetectionResult:
         detector.progress = progress

@@ -26,7 +26,7 @@ from ..output import atomic_write, claim_out_dir
 
 if TYPE_CHECKING:
     from ..attacks import Stamp
-    from ..data import ImageDataset
+    from ..data.images import ImageDataset
 
 stdout = Console()
 
@@ -60,9 +60,9 @@ def check_options(name: str, rate: float | None, cover_rate: float | None, sourc
     if name not in ATTACK_INFO:
         raise SanitizeError(f"unknown attack {name!r}; choose from {', '.join(ATTACK_INFO)}")
     info = ATTACK_INFO[name]
-    for value, option in ((rate, "--rate"), (cover_rate, "--cover-rate")):
+    for value, parameter in ((rate, "rate"), (cover_rate, "cover_rate")):
         if value is not None:
-            check_fraction(value, option)
+            check_fraction(value, parameter)
     if cover_rate is not None and info.default_cover_rate is None:
         raise SanitizeError(f"{name} has no cover samples; drop --cover-rate")
     if (source is not None or cover_classes is not None) and not info.has_source:
@@ -87,10 +87,10 @@ def attack_params(name: str, data: ImageDataset, rate: float | None, cover_rate:
         params["cover_rate"] = info.default_cover_rate if cover_rate is None else cover_rate
     if info.has_source:
         if source is not None:
-            params["source"] = resolve_class(source, data.classes, "--source")
+            params["source"] = resolve_class(source, data.classes, "source")
         if cover_classes is not None:
             names = [c.strip() for c in cover_classes.split(",") if c.strip()]
-            params["cover_classes"] = [resolve_class(c, data.classes, "--cover-classes") for c in names]
+            params["cover_classes"] = [resolve_class(c, data.classes, "cover_classes") for c in names]
     if stamp is not None:
         params["trigger"] = stamp
     return params
@@ -169,11 +169,11 @@ def _poison_and_write(name: str, clean_dir: Path, out: Path, target: str, seed: 
     """Poison the clean folder and write OUT_DIR (and the triggered test copy); the poison.json record."""
     from ..attacks import ATTACKS, apply_trigger_to_test, load_trigger
     from ..attacks.io import poison_record, save_stamp, write_poison_json, write_poisoned, write_triggered_test
-    from ..data import load_image_folder, load_like
+    from ..data.images import load_image_folder, load_like
     from ..output import staged_output
 
     data = load_image_folder(clean_dir, size=parse_size(size))
-    target_index = resolve_class(target, data.classes, "--target")
+    target_index = resolve_class(target, data.classes, "target")
     stamp = load_trigger(trigger, data.channels, mask) if trigger is not None else None
     params = attack_params(name, data, rate, cover_rate, source, cover_classes, stamp)
     poisoned = ATTACKS[name](data, target=target_index, seed=seed, **params)

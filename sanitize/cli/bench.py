@@ -67,7 +67,7 @@ def bench_command(
     from contextlib import nullcontext
 
     from ..bench import BenchConfig, markdown_table, run_bench
-    from ..data import load_image_folder, load_like, load_reserve
+    from ..data.images import load_image_folder, load_like, load_reserve
     from ..nn.models import available_models
     from ..output import claim_out_dir
     from ..progress import RichProgress, Silent

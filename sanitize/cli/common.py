@@ -40,6 +40,31 @@ class InputFormat(str, Enum):
     jsonl = "jsonl"
 
 
+class CTScheduleName(str, Enum):
+    """``ct --schedule`` (the library's :data:`sanitize.detectors.ct.SCHEDULES`; a test keeps them equal)."""
+
+    fast = "fast"
+    reference = "reference"
+    reference_gtsrb = "reference-gtsrb"
+
+
+class AssetScheduleName(str, Enum):
+    """``asset --schedule`` (the same names for images and feature rows)."""
+
+    fast = "fast"
+    reference = "reference"
+
+
+class ScanMethod(str, Enum):
+    """``sanitize scan METHOD``: the registered detectors that read an ordinarily trained model."""
+
+    spectral = "spectral"
+    activation_clustering = "activation-clustering"
+    strip = "strip"
+    scan = "scan"
+    spectre = "spectre"
+
+
 FormatOpt = Annotated[InputFormat, typer.Option("--input-format", help="Input kind (auto: detected from the files).")]
 # The flag's name until 0.1: accepted, hidden from --help, for one release.
 OldFormatOpt = Annotated[InputFormat | None, typer.Option("--format", hidden=True)]
@@ -73,14 +98,6 @@ AlphaOpt = Annotated[float, typer.Option(
                     "suspected (default 0.001; Bonferroni over the classes).")]
 HtmlOpt = Annotated[bool, typer.Option(
     "--html/--no-html", help="Also write report.html, a self-contained page with thumbnails and histograms.")]
-
-
-def check_arch(arch: str, also: tuple[str, ...] = ()) -> None:
-    """Refuse an --arch that is neither ``auto``, one of ``also``, nor a registered model."""
-    from ..nn.models import available_models
-
-    if arch != "auto" and arch not in also and arch not in available_models():
-        raise SanitizeError(f"unknown --arch {arch!r}; choose from {', '.join(('auto', *also, *available_models()))}")
 
 
 def run_detector(detect: Detect, data_dir: Path, reserve_dir: Path | None, opts: RunOptions) -> int:

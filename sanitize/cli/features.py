@@ -169,11 +169,11 @@ def _poison_rows_and_write(name: str, clean: Path, out: Path, rate: float | None
     of unlabelled rows."""
     from ..attacks import FEATURE_ATTACK_INFO, FEATURE_ATTACKS
     from ..attacks.io import feature_poison_record, write_poison_json
-    from ..features import load_features, write_features
+    from ..data.rows import load_features, write_features
 
     info = FEATURE_ATTACK_INFO[name]
     data = load_features(clean, fmt)
-    target_index = resolve_class(target, data.classes, "--target")
+    target_index = resolve_class(target, data.classes, "target")
     rate = info.default_rate if rate is None else rate
     poisoned = FEATURE_ATTACKS[name](data, rate=rate, target=target_index, seed=seed, constrained=constrained,
                              trigger_size=trigger_size)

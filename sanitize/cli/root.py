@@ -40,6 +40,7 @@ from ..exits import (  # noqa: F401 -- EXIT_* are part of this module's interfac
 from . import asset, attack, bench, features, scan
 from .common import (
     AlphaOpt,
+    CTScheduleName,
     DataArg,
     DeviceOpt,
     FailOnDetectOpt,
@@ -55,7 +56,6 @@ from .common import (
     ReserveOpt,
     SeedOpt,
     SizeOpt,
-    check_arch,
     input_format,
     run_detector,
     stderr,
@@ -63,7 +63,7 @@ from .common import (
 )
 
 if TYPE_CHECKING:
-    from ..datasets import Dataset
+    from ..data.protocol import Dataset
     from ..progress import Progress
     from ..result import DetectionResult
 
@@ -76,8 +76,9 @@ def ct_command(
     data: DataArg,
     reserve: ReserveOpt,
     out: OutOpt,
-    schedule: Annotated[str, typer.Option(help="fast (default), reference (the official code's CIFAR-10 "
-                                               "settings) or reference-gtsrb (its GTSRB settings).")] = "fast",
+    schedule: Annotated[CTScheduleName, typer.Option(
+        help="fast: ours (calibrated class test); reference: the official code's CIFAR-10 settings; "
+             "reference-gtsrb: its GTSRB settings.")] = CTScheduleName.fast,
     arch: Annotated[str, typer.Option(help="Model: auto, resnet18, small_cnn, mobilenet_v2, vgg16, "
                                            "densenet121 (auto: resnet18 on a GPU at >= 32 px, else small_cnn; "
                                            "feature rows: the ember_mlp network).")
@@ -96,19 +97,17 @@ def ct_command(
     html: HtmlOpt = True,
 ) -> int:
     """Confusion Training (Qi et al., USENIX Security 2023): flag poison samples in DATA."""
-    from ..detectors.canaries import check_alpha
-    from ..detectors.ct import ConfusionTraining, get_schedule
+    from ..detectors.ct import ConfusionTraining
     from ..nn.devices import resolve_device
     from ..pipeline import RunOptions
 
-    get_schedule(schedule)
     resolve_device(device)
-    check_arch(arch, also=("ember_mlp",))
-    check_alpha(alpha)
+    detector = ConfusionTraining(schedule=schedule.value, arch=arch, device=device, seed=seed, alpha=alpha)
+    detector.check()  # a bad --arch / --alpha: exit 2 before any loading
 
     def detect(d: Dataset, r: Dataset, progress: Progress) -> DetectionResult:
-        return ConfusionTraining(schedule=schedule, arch=arch, device=device, seed=seed, progress=progress,
-                                 alpha=alpha).detect(d, r)  # feature rows too
+        detector.progress = progress
+        return detector.detect(d, r)  # feature rows too
 
     return run_detector(detect, data, reserve, RunOptions(out, force, size, quiet, json_only, max_flagged_fraction,
                                                           fail_on_detect, input_format(fmt, fmt_old), html))
@@ -124,8 +123,8 @@ def demo_command(
     quiet: QuietOpt = False,
 ) -> int:
     """Self-test on bundled data: poison scikit-learn's digits with a corner patch, run CT, score it."""
-    from .. import examples
     from ..attacks import badnet
+    from ..data import examples
     from ..detectors.ct import ConfusionTraining
     from ..output import write_image_subset
     from ..pipeline import RunOptions
@@ -186,7 +185,7 @@ def main(argv: list[str] | None = None) -> None:
         with warnings_as_notes([]):  # the commands that do not write a report: kept off stderr (see there)
             code = app(args=argv, standalone_mode=False)
     except SanitizeError as exc:
-        _fail(str(exc))
+        _fail(exc.command_line())
     except (KeyboardInterrupt, Terminated) as exc:
         line, code = stopped(exc)
         stderr.print(line, markup=False)

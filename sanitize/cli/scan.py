@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from ..domains import check_epochs
 from ..errors import SanitizeError
 from .common import (
     DataArg,
@@ -27,19 +26,19 @@ from .common import (
     OldFormatOpt,
     OutOpt,
     QuietOpt,
+    ScanMethod,
     SeedOpt,
     SizeOpt,
-    check_arch,
     input_format,
     run_detector,
 )
 
 if TYPE_CHECKING:
-    from ..data import ImageDataset
+    from ..data.images import ImageDataset
     from ..progress import Progress
     from ..result import DetectionResult
 
-SCAN_METHODS = ("spectral", "activation-clustering", "strip", "scan", "spectre")
+SCAN_METHODS = tuple(m.value for m in ScanMethod)
 BUDGET_METHODS = ("spectral", "spectre")
 LAYER_METHODS = ("spectral", "activation-clustering")
 
@@ -68,7 +67,6 @@ def scan_settings(method: str, budget: float | None, frr: float | None, arch: st
             raise SanitizeError(f"--frr applies to strip, not {method}")
         settings["frr"] = frr
     settings.update(reclassify_settings(method, reclassify, reclassify_threshold))
-    check_epochs(epochs)
     return settings
 
 
@@ -86,7 +84,7 @@ def reclassify_settings(method: str, reclassify: bool, threshold: float | None) 
 
 
 def scan_command(
-    method: Annotated[str, typer.Argument(help=f"Baseline: {', '.join(SCAN_METHODS)} (see docs/baselines.md).")],
+    method: Annotated[ScanMethod, typer.Argument(help="The baseline (see docs/baselines.md).")],
     data: DataArg,
     out: OutOpt,
     reserve: Annotated[Path | None, typer.Option(
@@ -130,15 +128,17 @@ def scan_command(
     from ..nn.devices import resolve_device
     from ..pipeline import RunOptions
 
+    method = ScanMethod(method).value
     settings = scan_settings(method, budget, frr, arch, epochs, cache_dir, layer, reclassify, reclassify_threshold)
-    check_arch(arch)
     resolve_device(device)
     if method == "scan" and reserve is None:
         raise SanitizeError("scan needs a trusted clean reserve: pass --reserve")
-    get_detector(method, device=device, seed=seed, **settings).check()
+    detector = get_detector(method, device=device, seed=seed, **settings)
+    detector.check()  # a bad --arch / --budget / --frr: exit 2 before any loading
 
     def detect(d: ImageDataset, r: ImageDataset | None, progress: Progress) -> DetectionResult:
-        return get_detector(method, device=device, seed=seed, progress=progress, **settings).detect(d, r)
+        detector.progress = progress
+        return detector.detect(d, r)
 
     return run_detector(detect, data, reserve, RunOptions(out, force, size, quiet, json_only, max_flagged_fraction,
                                                           fail_on_detect, input_format(fmt, fmt_old), html))

@@ -44,7 +44,7 @@ import numpy as np
 from scipy.special import gammaln
 from scipy.stats import fisher_exact
 
-from ..errors import SanitizeError
+from ..errors import ParameterError
 
 DEFAULT_ALPHA = 1e-3
 # The pooled test borrows every class's canaries; each class must also stand the test against its
@@ -191,7 +191,7 @@ PLAUSIBLE_SHARE = 0.5
 def check_alpha(alpha: float) -> None:
     """Refuse a false-alarm level outside (0, 1) (nan included)."""
     if not 0.0 < alpha < 1.0:
-        raise SanitizeError(f"--alpha {alpha}: the false-alarm level must lie strictly between 0 and 1")
+        raise ParameterError("alpha", alpha, "the false-alarm level must lie strictly between 0 and 1")
 
 
 def share_notes(flagged: np.ndarray, labels: np.ndarray, suspected: list[int], class_names: list[str]) -> list[str]:

@@ -30,8 +30,8 @@ from pathlib import Path
 
 import torch
 
-from ..data import ImageDataset
-from ..errors import SanitizeError
+from ..data.images import ImageDataset
+from ..errors import ParameterError, SanitizeError
 from ..output import atomic_write
 from ..progress import Progress, Silent
 from .devices import seed_everything
@@ -151,5 +151,5 @@ def trained_model(data: ImageDataset, *, arch: str = "auto", seed: int = 0, devi
                           "logits": trained.logits, "train_seconds": seconds, "arch": arch, "seed": seed,
                           "schedule": asdict(spec)}, path)
         except OSError as exc:
-            raise SanitizeError(f"--cache-dir {root}: cannot write the model cache ({exc.strerror or exc})") from None
+            raise ParameterError("cache_dir", root, f"cannot write the model cache ({exc.strerror or exc})") from None
     return trained

@@ -10,7 +10,7 @@ from contextlib import contextmanager
 import numpy as np
 import torch
 
-from ..errors import SanitizeError
+from ..errors import ParameterError, SanitizeError
 
 
 def resolve_device(spec: str | torch.device = "auto") -> torch.device:
@@ -24,14 +24,14 @@ def resolve_device(spec: str | torch.device = "auto") -> torch.device:
         return torch.device("cpu")
     if spec == "cuda" or spec.startswith("cuda:"):
         if not torch.cuda.is_available():
-            raise SanitizeError(f"--device {spec}: CUDA is not available on this machine")
+            raise ParameterError("device", spec, "CUDA is not available on this machine")
         index = spec.partition(":")[2]
         if index and (not index.isdigit() or int(index) >= torch.cuda.device_count()):
             raise SanitizeError(
                 f"--device {spec}: no such GPU (this machine has {torch.cuda.device_count()})"
             )
         return torch.device(spec)
-    raise SanitizeError(f"--device {spec!r}: expected auto, cpu, cuda or cuda:N")
+    raise ParameterError("device", spec, "expected auto, cpu, cuda or cuda:N")
 
 
 def seed_everything(seed: int) -> torch.Generator:

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from torchvision import models as tvm
 
-from ..errors import SanitizeError
+from ..errors import ParameterError
 
 TrunkFactory = Callable[[int, int], tuple[nn.Module, int]]
 _REGISTRY: dict[str, TrunkFactory] = {}
@@ -57,7 +57,7 @@ def available_models() -> list[str]:
 
 def build_model(name: str, num_classes: int, in_channels: int = 3, image_size: int = 32) -> Classifier:
     if name not in _REGISTRY:
-        raise SanitizeError(f"unknown --arch {name!r}; choose from {', '.join(available_models())}")
+        raise ParameterError("arch", name, f"unknown network; choose from {', '.join(available_models())}")
     trunk, dim = _REGISTRY[name](in_channels, image_size)
     return Classifier(trunk, dim, num_classes)
 

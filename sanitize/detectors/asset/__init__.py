@@ -82,7 +82,6 @@ from .schedules import (
     SELECTIONS,
     AssetSchedule,
     get_schedule,
-    with_overrides,
 )
 from .selection import (
     adjusted_outlyingness,
@@ -115,5 +114,5 @@ __all__ = [
     "get_schedule", "global_crossfit_scores", "global_picks", "global_selection", "image_backbone",
     "image_inputs", "level_set_z", "logit_variance", "loss_threshold", "max_step_norm", "offset_loop",
     "own_canary_p_values", "penultimate", "per_sample_loss", "robust_z", "select_outliers",
-    "select_poison_rich", "suspected_from_flags", "with_canaries", "with_overrides",
+    "select_poison_rich", "suspected_from_flags", "with_canaries",
 ]

@@ -10,9 +10,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from ...data import ImageDataset
+from ...data.images import ImageDataset
+from ...data.rows import FeatureDataset
+from ...domains import check_arch, check_seed
 from ...errors import SanitizeError
-from ...features import FeatureDataset
 from ...nn.devices import PhaseTimer, describe, resolve_device, seed_everything
 from ...nn.engine import (
     PRECISION,
@@ -76,7 +77,7 @@ class ASSET:
     preprocess: Callable | None = None
     augment: bool | None = None
     alpha: float = DEFAULT_ALPHA  # false-alarm level of the class test (with canaries), Bonferroni over classes
-    reserve_check: bool = True  # refuse a reserve that does not fit the data (sanitize.reserve_fit)
+    reserve_check: bool = True  # refuse a reserve that does not fit the data (sanitize.data.reserve_fit)
 
     def resolved_schedule(self, features: bool = False) -> AssetSchedule:
         """The schedule with this detector's overrides (``features``: the feature-row schedules)."""
@@ -132,8 +133,16 @@ class ASSET:
             inputs.prep = self.preprocess
         return inputs
 
+    def check(self) -> None:
+        """Validate the settings, before any data is read (the schedule with its overrides included)."""
+        self.resolved_schedule()
+        check_seed(self.seed)
+        if self.model_factory is None:
+            check_arch(self.arch, also=("ember_mlp",))
+
     def detect(self, data: Dataset, reserve: Dataset) -> DetectionResult:
         """Train the extractor on the inspected samples, run the offset loop, score and threshold."""
+        self.check()
         device = resolve_device(self.device)
         schedule = self.resolved_schedule(features=isinstance(data, FeatureDataset))
         progress = self.progress or Silent()

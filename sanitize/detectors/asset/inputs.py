@@ -11,9 +11,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from ...data import ImageDataset
-from ...errors import SanitizeError
-from ...features import FeatureDataset
+from ...data.images import ImageDataset
+from ...data.reserve_fit import fitted_reserve
+from ...data.rows import FeatureDataset
+from ...errors import ParameterError, SanitizeError
 from ...nn.devices import describe
 from ...nn.engine import (
     Preprocess,
@@ -23,7 +24,6 @@ from ...nn.engine import (
     stratified_split,
 )
 from ...nn.models import Classifier, build_model, default_arch
-from ...reserve_fit import fitted_reserve
 from ..ct.rows import Standardise, ember_mlp
 from .offset import batch_norm_without_update
 from .schedules import AssetSchedule
@@ -209,7 +209,7 @@ def image_backbone(data: ImageDataset, arch: str, device: torch.device) -> tuple
 def image_inputs(data: ImageDataset, reserve: ImageDataset, arch: str, device: torch.device,
                  custom: bool, reserve_check: bool = True) -> Inputs:
     """Image folders on ``device``: a CNN on per-channel normalised pixels (``arch`` or auto).
-    With ``reserve_check`` the reserve must fit the data (:func:`sanitize.reserve_fit.fitted_reserve`)."""
+    With ``reserve_check`` the reserve must fit the data (:func:`sanitize.data.reserve_fit.fitted_reserve`)."""
     data.check_reserve(reserve)
     if len(data) < 2 * data.num_classes:
         raise SanitizeError(f"dataset has {len(data)} images: too few to inspect")
@@ -226,7 +226,7 @@ def image_inputs(data: ImageDataset, reserve: ImageDataset, arch: str, device: t
 
 
 def _fitted(data: Dataset, reserve: Dataset, what: str, check: bool) -> tuple[Dataset, dict[str, Any], list[str]]:
-    """The reserve after :func:`sanitize.reserve_fit.fitted_reserve` (when ``check``), the settings
+    """The reserve after :func:`sanitize.data.reserve_fit.fitted_reserve` (when ``check``), the settings
     entry recording the check, and its notes."""
     if not check:
         return reserve, {}, []
@@ -246,7 +246,7 @@ def feature_inputs(data: FeatureDataset, reserve: FeatureDataset, arch: str, dev
     neither trained on nor scored.
     """
     if arch not in ("auto", "ember_mlp"):
-        raise SanitizeError(f"--arch {arch!r}: feature rows use the ember_mlp network (or auto)")
+        raise ParameterError("arch", arch, "feature rows use the ember_mlp network (or auto)")
     if data.num_classes < 2:
         raise SanitizeError(f"ASSET needs at least two classes, the dataset has {data.num_classes}")
     data.check_reserve(reserve)

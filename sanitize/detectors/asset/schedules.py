@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
-from typing import Any
+from dataclasses import dataclass
 
-from ...errors import SanitizeError
+from ...domains import choose
 from ...nn.engine import (
     TrainSpec,
 )
@@ -128,12 +127,5 @@ FEATURE_SCHEDULES = {s.name: s for s in (FEATURE_FAST, FEATURE_REFERENCE)}
 
 def get_schedule(name: str, features: bool = False) -> AssetSchedule:
     """The named schedule for image folders, or with ``features`` for feature rows."""
-    schedules = FEATURE_SCHEDULES if features else SCHEDULES
-    if name not in schedules:
-        raise SanitizeError(f"unknown --schedule {name!r}; choose from {', '.join(schedules)}")
-    return schedules[name]
+    return choose(name, FEATURE_SCHEDULES if features else SCHEDULES)
 
-
-def with_overrides(schedule: AssetSchedule, **changes: Any) -> AssetSchedule:
-    """A copy of ``schedule`` with some fields changed (for experiments and tests)."""
-    return replace(schedule, **changes)

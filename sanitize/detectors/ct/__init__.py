@@ -22,7 +22,7 @@ Deviations from the reference code, each documented in ``docs/ct.md``: seeded; d
 top-up adds each class's lowest-loss samples without duplicates (the reference can append the
 same index twice); the two-Gaussian test uses sklearn's Gaussian fit with a diagonal 1e-3
 regulariser; every read (distillation losses, features, scores) is float32; the reserve is
-checked against the data before training (:mod:`sanitize.reserve_fit`).
+checked against the data before training (:mod:`sanitize.data.reserve_fit`).
 
 The package: :mod:`.schedules`, :mod:`.distillation` (confusion training and the rounds),
 :mod:`.decision` (the paper's likelihood-ratio rule), :mod:`.detector` (image folders), and
@@ -69,7 +69,6 @@ from .schedules import (
     CTSchedule,
     RoundSpec,
     get_schedule,
-    with_overrides,
 )
 
 __all__ = [
@@ -77,5 +76,5 @@ __all__ = [
     "FeatureRound", "REFERENCE", "REFERENCE_BUDGET", "REFERENCE_GTSRB", "RoundSpec", "RowPool", "SCHEDULES",
     "Standardise", "batch", "class_frequency_weights", "class_ratios", "confusion_train", "ct",
     "decide_classes", "distill", "ember_mlp", "fewest_samples", "get_feature_schedule", "get_schedule",
-    "likelihood_ratio", "pretrain", "row_losses", "split_canaries", "with_canaries", "with_overrides",
+    "likelihood_ratio", "pretrain", "row_losses", "split_canaries", "with_canaries",
 ]

@@ -11,7 +11,9 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from ...data import ImageDataset
+from ...data.images import ImageDataset
+from ...data.reserve_fit import fitted_reserve
+from ...domains import check_arch, check_seed
 from ...errors import SanitizeError
 from ...nn.devices import PhaseTimer, describe, resolve_device, seed_everything
 from ...nn.engine import (
@@ -23,7 +25,6 @@ from ...nn.engine import (
 )
 from ...nn.models import Classifier, build_model, default_arch
 from ...progress import Progress, Silent
-from ...reserve_fit import fitted_reserve
 from ...result import DetectionResult
 from ..canaries import DEFAULT_ALPHA, canary_class_test, check_alpha, class_robust_z, share_notes
 from .decision import class_ratios, decide_classes
@@ -54,15 +55,24 @@ class ConfusionTraining:
     seed: int = 0
     progress: Progress | None = None
     alpha: float = DEFAULT_ALPHA
-    reserve_check: bool = True  # refuse a reserve that does not fit the data (sanitize.reserve_fit)
+    reserve_check: bool = True  # refuse a reserve that does not fit the data (sanitize.data.reserve_fit)
     # Diagnostics (benchmarks/ct_rounds.py): called after each distillation with the round, the
     # confused model's per-sample losses (float32, inspected samples first, then canaries) and
     # the indices the next round keeps. None (the default) costs nothing.
     on_round: Callable[[int, np.ndarray, np.ndarray], None] | None = None
 
-    def detect(self, data: ImageDataset, reserve: ImageDataset) -> DetectionResult:
-        from ...features import FeatureDataset
+    def check(self) -> None:
+        """Validate the settings, before any data is read (every detector has this one place)."""
+        if not isinstance(self.schedule, CTSchedule):
+            get_schedule(self.schedule)  # an unknown name is refused with the choices
+        check_alpha(self.alpha)
+        check_seed(self.seed)
+        check_arch(self.arch, also=("ember_mlp",))
 
+    def detect(self, data: ImageDataset, reserve: ImageDataset) -> DetectionResult:
+        from ...data.rows import FeatureDataset
+
+        self.check()
         if isinstance(data, FeatureDataset):  # feature rows (EMBER): the paper's feature variant
             from .rows import FeatureConfusionTraining
 
@@ -75,7 +85,6 @@ class ConfusionTraining:
             raise SanitizeError("arch ember_mlp is the feature-row network; image folders use a CNN")
         device = resolve_device(self.device)
         schedule = self.schedule if isinstance(self.schedule, CTSchedule) else get_schedule(self.schedule)
-        check_alpha(self.alpha)
         data.check_reserve(reserve)
         need = max(2 * data.num_classes, fewest_samples([r.keep_ratio for r in schedule.rounds if r.keep_ratio]))
         if len(data) < need:

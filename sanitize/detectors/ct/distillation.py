@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F
 
-from ...data import ImageDataset
+from ...data.images import ImageDataset
 from ...nn.engine import (
     Preprocess,
     autocast,

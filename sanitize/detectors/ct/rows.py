@@ -31,13 +31,14 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ...errors import SanitizeError
-from ...features import FeatureDataset
+from ...data.reserve_fit import fitted_reserve
+from ...data.rows import FeatureDataset
+from ...domains import check_seed, choose
+from ...errors import ParameterError, SanitizeError
 from ...nn.devices import PhaseTimer, describe, resolve_device, seed_everything
 from ...nn.engine import epoch_batches, make_sgd, planned_batches
 from ...nn.models import Classifier
 from ...progress import Progress, Silent
-from ...reserve_fit import fitted_reserve
 from ...result import DetectionResult
 from ..canaries import DEFAULT_ALPHA, canary_class_test, check_alpha, class_robust_z, share_notes
 from .distillation import distill, fewest_samples, split_canaries
@@ -110,9 +111,8 @@ REFERENCE_BUDGET = 1 / 25  # the reference flags this fraction, always
 
 
 def get_feature_schedule(name: str) -> FeatureCTSchedule:
-    if name not in SCHEDULES:
-        raise SanitizeError(f"unknown --schedule {name!r}; choose from {', '.join(SCHEDULES)}")
-    return SCHEDULES[name]
+    """The named feature-row schedule (``fast``, ``reference``)."""
+    return choose(name, SCHEDULES)
 
 
 def ember_mlp(dim: int, num_outputs: int = 1) -> Classifier:
@@ -241,19 +241,26 @@ class FeatureConfusionTraining:
     progress: Progress | None = None
     cut: str = "data"  # "data" (ours: the canary class test) or "budget" (the reference's lowest 4 %)
     alpha: float = DEFAULT_ALPHA
-    reserve_check: bool = True  # refuse a reserve that does not fit the data (sanitize.reserve_fit)
+    reserve_check: bool = True  # refuse a reserve that does not fit the data (sanitize.data.reserve_fit)
+
+    def check(self) -> None:
+        """Validate the settings, before any data is read."""
+        if not isinstance(self.schedule, FeatureCTSchedule):
+            get_feature_schedule(self.schedule)
+        if self.arch not in ("auto", "ember_mlp"):
+            raise ParameterError("arch", self.arch, "feature data uses the ember_mlp network (or auto)")
+        if self.cut not in ("data", "budget"):
+            raise ParameterError("cut", self.cut, "expected data or budget")
+        check_alpha(self.alpha)
+        check_seed(self.seed)
 
     def detect(self, data: FeatureDataset, reserve: FeatureDataset) -> DetectionResult:
+        self.check()
         device = resolve_device(self.device)
         schedule = self.schedule if isinstance(self.schedule, FeatureCTSchedule) else \
             get_feature_schedule(self.schedule)
-        if self.arch not in ("auto", "ember_mlp"):
-            raise SanitizeError(f"--arch {self.arch!r}: feature data uses the ember_mlp network (or auto)")
         if data.num_classes != 2:
             raise SanitizeError(f"CT on feature data needs binary labels (0/1), found {data.num_classes} classes")
-        if self.cut not in ("data", "budget"):
-            raise SanitizeError(f"unknown cut {self.cut!r}: expected data or budget")
-        check_alpha(self.alpha)
         data.check_reserve(reserve)
         labelled_np = data.labelled_indices()
         need = max(20, fewest_samples([r.keep_ratio for r in schedule.rounds if r.keep_ratio]))

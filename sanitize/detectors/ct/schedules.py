@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
-from ...errors import SanitizeError
+from ...domains import choose
 from ...nn.engine import (
     TrainSpec,
 )
@@ -116,13 +116,8 @@ SCHEDULES = {s.name: s for s in (FAST, REFERENCE, REFERENCE_GTSRB)}
 
 
 def get_schedule(name: str) -> CTSchedule:
-    if name not in SCHEDULES:
-        raise SanitizeError(f"unknown --schedule {name!r}; choose from {', '.join(SCHEDULES)}")
-    return SCHEDULES[name]
+    """The named image schedule (``fast``, ``reference``, ``reference-gtsrb``)."""
+    return choose(name, SCHEDULES)
 
 
 
-
-def with_overrides(schedule: CTSchedule, **changes) -> CTSchedule:
-    """A copy of ``schedule`` with some fields changed (for experiments and tests)."""
-    return replace(schedule, **changes)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .data import ImageDataset, from_arrays
+from .images import ImageDataset, from_arrays
 
 
 def digits() -> ImageDataset:

@@ -24,7 +24,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torchvision.transforms.v2 import functional as TF
 
-from .errors import SanitizeError
+from ..errors import SanitizeError
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".webp"})
 GRAYSCALE_MODES = frozenset({"1", "L", "LA", "I", "I;16", "F"})
@@ -84,12 +84,12 @@ class ImageDataset:
     def class_counts(self) -> np.ndarray:
         return np.bincount(self.labels.cpu().numpy(), minlength=self.num_classes)
 
-    # The :class:`sanitize.datasets.Dataset` protocol: what the pipeline asks of any kind of data.
+    # The :class:`sanitize.data.protocol.Dataset` protocol: what the pipeline asks of any kind of data.
     kind = "images"
 
     def write_subset(self, keep: Sequence[int] | np.ndarray, directory: Path) -> None:
         """The kept samples as an image folder (hard links to the input's files where possible)."""
-        from .output import write_image_subset
+        from ..output import write_image_subset
 
         write_image_subset(self, keep, directory)
 

@@ -1,6 +1,6 @@
 """Feature-vector datasets (EMBER malware features and plain arrays): read, validate, write back.
 
-A :class:`FeatureDataset` is the tabular sibling of :class:`sanitize.data.ImageDataset`: float32
+A :class:`FeatureDataset` is the tabular sibling of :class:`sanitize.data.images.ImageDataset`: float32
 rows ``X`` (N x D), int64 ``labels`` (-1 = unlabelled), class names, a stable id per row
 (``paths``: the row index, or the sha256 when the format has one) and the ``source`` it came
 from, so the cleaned set can be written back in the input's own format.

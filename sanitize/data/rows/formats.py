@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import SanitizeError
+from ...errors import SanitizeError
 
 
 def ember_pair(path: Path) -> tuple[Path, Path] | None:

@@ -27,10 +27,10 @@ from dataclasses import dataclass
 import numpy as np
 from sklearn.utils.extmath import randomized_svd
 
-from ..data import ImageDataset
-from ..nn.cache import TrainedModel
-from ..result import DetectionResult
-from .passive import (
+from ...data.images import ImageDataset
+from ...nn.cache import TrainedModel
+from ...result import DetectionResult
+from .base import (
     PassiveDetector,
     check_budget,
     check_layer,
@@ -85,7 +85,7 @@ class SpectralSignatures(PassiveDetector):
 
     name = "spectral"
 
-    def check(self) -> None:
+    def check_settings(self) -> None:
         check_budget(self.budget)
         check_layer(self.layer)
 

@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .. import ember
-from ..data import check_several_classes
-from ..errors import SanitizeError
+from ... import ember
+from ...errors import ParameterError, SanitizeError
+from ..images import check_several_classes
 from .dataset import BINARY_CLASSES, CHUNK_ROWS, FORMATS, FeatureDataset, FeatureSource, scan_rows
 from .formats import detect_format, ember_pair, npy_pair, single_file
 
@@ -222,7 +222,7 @@ def load_features(path: str | Path, fmt: str = "auto") -> FeatureDataset:
     """Read a feature dataset in any supported format (see the module docstring)."""
     path = Path(path)
     if fmt not in FORMATS or fmt == "images":
-        raise SanitizeError(f"--format {fmt!r}: expected one of ember, npz, jsonl (or auto)")
+        raise ParameterError("fmt", fmt, "expected one of ember, npz, jsonl (or auto)", flag="--input-format")
     kind = detect_format(path) if fmt == "auto" else fmt
     if not path.exists():
         raise SanitizeError(f"{path}: no such file or folder")

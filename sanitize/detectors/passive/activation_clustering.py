@@ -61,15 +61,15 @@ from sklearn.decomposition import PCA, FastICA
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.metrics import silhouette_score
 
-from ..data import ImageDataset
-from ..errors import SanitizeError
-from ..nn.cache import TrainedModel
-from ..nn.devices import seed_everything
-from ..nn.engine import Preprocess, infer, train_supervised
-from ..nn.models import build_model
-from ..progress import Progress, Silent
-from ..result import DetectionResult
-from .passive import PassiveDetector, check_layer, class_representation, layer_notes
+from ...data.images import ImageDataset
+from ...errors import ParameterError, SanitizeError
+from ...nn.cache import TrainedModel
+from ...nn.devices import seed_everything
+from ...nn.engine import Preprocess, infer, train_supervised
+from ...nn.models import build_model
+from ...progress import Progress, Silent
+from ...result import DetectionResult
+from .base import PassiveDetector, check_layer, class_representation, layer_notes
 
 RECLASSIFY_PHASE = "exclusionary reclassification"
 
@@ -187,18 +187,18 @@ class ActivationClustering(PassiveDetector):
 
     name = "activation-clustering"
 
-    def check(self) -> None:
+    def check_settings(self) -> None:
         if self.reduce not in ("ica", "pca"):
-            raise SanitizeError(f"--reduce {self.reduce!r}: expected ica or pca")
+            raise ParameterError("reduce", self.reduce, "expected ica or pca")
         if not 0.0 < self.size_threshold <= 0.5:
             raise SanitizeError(f"size threshold {self.size_threshold}: expected a value in (0, 0.5]")
         if self.dims < 1:
-            raise SanitizeError(f"dims {self.dims}: expected a positive number of dimensions")
+            raise ParameterError("dims", self.dims, "expected a positive number of dimensions")
         if not -1.0 <= self.silhouette_threshold < 1.0:
-            raise SanitizeError(f"silhouette threshold {self.silhouette_threshold}: expected a value in [-1, 1)")
+            raise ParameterError("silhouette_threshold", self.silhouette_threshold, "expected a value in [-1, 1)")
         if not 0.0 < self.reclassify_threshold < math.inf:
-            raise SanitizeError(f"--reclassify-threshold {self.reclassify_threshold}: expected a positive number "
-                                "(the l/p ratio above which a cluster is legitimate)")
+            raise ParameterError("reclassify_threshold", self.reclassify_threshold,
+                                 "expected a positive number (the l/p ratio above which a cluster is legitimate)")
         check_layer(self.layer)
 
     def is_candidate(self, split: ClassSplit) -> bool:

@@ -28,25 +28,27 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from ..data import ImageDataset
-from ..errors import SanitizeError
-from ..nn.cache import TrainedModel, trained_model
-from ..nn.devices import describe, resolve_device
-from ..nn.engine import global_pool, pooled_map
-from ..progress import Progress, Silent
-from ..result import DetectionResult
+from ...data.images import ImageDataset
+from ...domains import check_arch, check_epochs, check_seed
+from ...errors import ParameterError, SanitizeError
+from ...nn.cache import TrainedModel, trained_model
+from ...nn.devices import describe, resolve_device
+from ...nn.engine import global_pool, pooled_map
+from ...progress import Progress, Silent
+from ...result import DetectionResult
+from .. import available_detectors
 
 LAYERS = ("map", "pooled")
 
 
 def check_budget(budget: float) -> None:
     if not 0.0 <= budget < 1.0:
-        raise SanitizeError(f"--budget {budget}: expected a fraction of each class in [0, 1)")
+        raise ParameterError("budget", budget, "expected a fraction of each class in [0, 1)")
 
 
 def check_layer(layer: str) -> None:
     if layer not in LAYERS:
-        raise SanitizeError(f"--layer {layer!r}: expected {' or '.join(LAYERS)}")
+        raise ParameterError("layer", layer, f"expected {' or '.join(LAYERS)}")
 
 
 def top_fraction_per_class(scores: np.ndarray, labels: np.ndarray, num_classes: int, budget: float) -> np.ndarray:
@@ -87,12 +89,22 @@ class PassiveDetector:
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in self._COMMON}
 
     def check(self) -> None:
-        """Validate the detector's own options before any work starts (override to add checks)."""
+        """Validate every setting before any work starts: the shared ones here, the detector's own in
+        :meth:`check_settings`."""
+        check_seed(self.seed)
+        check_arch(self.arch)
+        check_epochs(self.epochs)
+        self.check_settings()
+
+    def check_settings(self) -> None:
+        """Validate the detector's own options (override to add checks)."""
 
     def detect(self, data: ImageDataset, reserve: ImageDataset | None = None) -> DetectionResult:
         self.check()
         if not isinstance(data, ImageDataset):
-            raise SanitizeError(f"{self.name} inspects image folders; for feature rows use ct or asset")
+            readers = " or ".join(available_detectors(getattr(data, "kind", "feature rows")))
+            raise SanitizeError(f"{self.name} inspects image folders; for {getattr(data, 'kind', 'this data')} "
+                                f"use {readers or 'another detector'}")
         device = resolve_device(self.device)
         if reserve is not None:
             data.check_reserve(reserve)
@@ -144,7 +156,7 @@ def activation_maps(trained: TrainedModel, images: torch.Tensor, batch_size: int
     the cached pooled features.
     """
     if global_pool(trained.model) is None:
-        raise SanitizeError(f"--layer map: {trained.arch} has no global-pooling module to read the map from")
+        raise ParameterError("layer", "map", f"{trained.arch} has no global-pooling module to read the map from")
     return pooled_map(trained.model, images, trained.prep, batch_size)
 
 

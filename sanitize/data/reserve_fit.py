@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from .errors import SanitizeError
+from ..errors import SanitizeError
 
 MISMATCH_AUROC = 0.75  # held-out AUROC at which the reserve is refused (same distribution: ~0.5)
 MISMATCH_P = 1e-6  # ... and only when the AUROC is this unlikely under the same distribution

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .. import ember
-from ..errors import SanitizeError
+from ... import ember
+from ...errors import SanitizeError
 
 FORMATS = ("auto", "images", "ember", "npz", "jsonl")
 BINARY_CLASSES = ["benign", "malicious"]
@@ -108,7 +108,7 @@ class FeatureDataset:
     def labelled_indices(self) -> np.ndarray:
         return np.flatnonzero(self.labels.cpu().numpy() >= 0)
 
-    # The :class:`sanitize.datasets.Dataset` protocol: what the pipeline asks of any kind of data.
+    # The :class:`sanitize.data.protocol.Dataset` protocol: what the pipeline asks of any kind of data.
     kind = "feature rows"
 
     def write_subset(self, keep: Sequence[int] | np.ndarray, directory: Path) -> list[str]:

@@ -25,13 +25,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..data import ImageDataset
-from ..errors import SanitizeError
-from ..nn.cache import TrainedModel
-from ..nn.devices import seed_everything
-from ..nn.engine import full_precision
-from ..result import DetectionResult
-from .passive import PassiveDetector
+from ...data.images import ImageDataset
+from ...errors import ParameterError, SanitizeError
+from ...nn.cache import TrainedModel
+from ...nn.devices import seed_everything
+from ...nn.engine import full_precision
+from ...result import DetectionResult
+from .base import PassiveDetector
 
 
 def superimpose(images: torch.Tensor, overlays: torch.Tensor, mode: str) -> torch.Tensor:
@@ -84,11 +84,11 @@ class STRIP(PassiveDetector):
 
     name = "strip"
 
-    def check(self) -> None:
+    def check_settings(self) -> None:
         if self.perturbations < 1:
             raise SanitizeError(f"perturbations {self.perturbations}: expected at least 1")
         if not 0.0 < self.frr < 1.0:
-            raise SanitizeError(f"--frr {self.frr}: expected a false rejection rate in (0, 1)")
+            raise ParameterError("frr", self.frr, "expected a false rejection rate in (0, 1)")
         if self.overlay not in ("add", "average"):
             raise SanitizeError(f"overlay {self.overlay!r}: expected add or average")
 

@@ -34,11 +34,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..data import ImageDataset
-from ..errors import SanitizeError
-from ..nn.cache import TrainedModel
-from ..result import DetectionResult
-from .passive import PassiveDetector, class_features
+from ...data.images import ImageDataset
+from ...errors import SanitizeError
+from ...nn.cache import TrainedModel
+from ...result import DetectionResult
+from .base import PassiveDetector, class_features
 
 THRESHOLD = math.exp(2)
 
@@ -119,13 +119,13 @@ class SCAn(PassiveDetector):
     name = "scan"
     needs_reserve = True
 
-    def check(self) -> None:
+    def check_settings(self) -> None:
         if self.threshold <= 0:
             raise SanitizeError(f"threshold {self.threshold}: expected a positive value")
 
     def score(self, trained: TrainedModel, data: ImageDataset, reserve: ImageDataset | None) -> DetectionResult:
         assert reserve is not None
-        from ..nn.engine import infer
+        from ...nn.engine import infer
 
         _, reserve_feats = infer(trained.model, reserve.images, trained.prep, features=True)
         r_feats = reserve_feats.double().cpu().numpy()

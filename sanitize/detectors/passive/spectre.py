@@ -28,11 +28,11 @@ from dataclasses import dataclass
 import numpy as np
 from sklearn.covariance import MinCovDet
 
-from ..data import ImageDataset
-from ..errors import SanitizeError
-from ..nn.cache import TrainedModel
-from ..result import DetectionResult
-from .passive import PassiveDetector, check_budget, class_features, top_fraction_per_class
+from ...data.images import ImageDataset
+from ...errors import SanitizeError
+from ...nn.cache import TrainedModel
+from ...result import DetectionResult
+from .base import PassiveDetector, check_budget, class_features, top_fraction_per_class
 from .spectral import DEFAULT_BUDGET
 
 
@@ -69,7 +69,7 @@ class SPECTRE(PassiveDetector):
 
     name = "spectre"
 
-    def check(self) -> None:
+    def check_settings(self) -> None:
         check_budget(self.budget)
         if self.dims < 1:
             raise SanitizeError(f"dims {self.dims}: expected a positive number of dimensions")

@@ -1,7 +1,7 @@
 """What every kind of data offers the pipeline, so that it never asks which kind it holds.
 
-Two kinds exist: image folders (:class:`sanitize.data.ImageDataset`) and feature rows such as
-EMBER (:class:`sanitize.features.FeatureDataset`). The pipeline reads them with
+Two kinds exist: image folders (:class:`sanitize.data.images.ImageDataset`) and feature rows such as
+EMBER (:class:`sanitize.data.rows.FeatureDataset`). The pipeline reads them with
 :func:`load_inputs` (the reader is chosen by the input format), and writes the cleaned copy and
 the report page through the methods below; a new kind of data implements them and registers a
 reader here.
@@ -52,15 +52,15 @@ class Dataset(Protocol):
 def load_inputs(data_dir: Path, reserve_dir: Path | None, input_format: str = "auto",
                 size: tuple[int, int] | None = None) -> tuple[Dataset, Dataset | None]:
     """The inspected data and its reserve, read as ``input_format`` names (``auto``: detected)."""
-    from .data import load_image_folder, load_reserve
-    from .errors import SanitizeError
-    from .features import detect_format, load_feature_reserve, load_features
+    from ..errors import ParameterError
+    from .images import load_image_folder, load_reserve
+    from .rows import detect_format, load_feature_reserve, load_features
 
     kind = detect_format(data_dir) if input_format == "auto" else input_format
     if kind == "images":
         data = load_image_folder(data_dir, size=size)
         return data, load_reserve(reserve_dir, data) if reserve_dir is not None else None
     if size is not None:
-        raise SanitizeError("--size applies to image folders, not feature rows")
+        raise ParameterError("size", f"{size[0]}x{size[1]}", "applies to image folders, not feature rows")
     data = load_features(data_dir, kind)
     return data, load_feature_reserve(reserve_dir, data) if reserve_dir is not None else None
