@@ -199,7 +199,7 @@ class Bench:
         test = self.test.to(self.device)
         acc = _accuracy(model, test.images, test.labels)
         triggered = apply_trigger_to_test(poisoned, self.test).to(self.device)
-        target = torch.full_like(triggered.labels, poisoned.target)
+        target = poisoned.backdoor_labels(triggered.labels)
         asr = _accuracy(model, triggered.images, target) if len(triggered) else None
         return acc, asr
 

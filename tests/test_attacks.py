@@ -264,6 +264,25 @@ def test_triggered_test_set(name: str, digits: ImageDataset) -> None:
     assert (triggered.images != digits.images[chosen]).flatten(1).any(1).float().mean() > 0.9
 
 
+@pytest.mark.parametrize("name", ["badnet", "blend", "trojan"])
+def test_all_to_all_relabels_every_class_to_the_next(name: str, digits: ImageDataset) -> None:
+    """All-to-all: poison drawn from every class, label y -> y + 1 mod C, no single target; the
+    triggered test copy keeps every class, and the backdoor's label is the next class."""
+    poisoned = ATTACKS[name](digits, RATE, seed=3, all_to_all=True)
+    index = poisoned.poison_indices
+    before, after = digits.labels[index], poisoned.dataset.labels[index]
+    assert poisoned.target is None and poisoned.all_to_all
+    assert torch.equal(after, (before + 1) % digits.num_classes)
+    assert len(np.unique(before.numpy())) == digits.num_classes  # 89 samples reach every class
+    rest = np.setdiff1d(np.arange(len(digits)), index)
+    assert torch.equal(poisoned.dataset.labels[rest], digits.labels[rest])
+    same = ATTACKS[name](digits, RATE, seed=3)  # the same samples and pixels as the all-to-one attack
+    assert np.array_equal(same.poison_indices, index) and torch.equal(same.dataset.images, poisoned.dataset.images)
+    triggered = apply_trigger_to_test(poisoned, digits)
+    assert len(triggered) == len(digits)
+    assert torch.equal(poisoned.backdoor_labels(triggered.labels), (digits.labels + 1) % 10)
+
+
 def test_adap_patch_test_trigger_is_all_four_opaque(rgb16: ImageDataset) -> None:
     poisoned = adap_patch(rgb16, RATE, 0, 1)
     triggered = apply_trigger_to_test(poisoned, rgb16)
@@ -388,6 +407,19 @@ def test_cli_round_trip(tmp_path: Path, folders: tuple[Path, Path]) -> None:
     assert json.loads((out / "poison.json").read_text())["attack"] == "badnet"
 
 
+def test_cli_all_to_all(tmp_path: Path, folders: tuple[Path, Path]) -> None:
+    clean, test = folders
+    out, tout = tmp_path / "a2a", tmp_path / "a2a-test"
+    assert run_cli(["attack", "blend", str(clean), str(out), "--all-to-all", "--rate", "0.05", "--test", str(test),
+                    "--test-out", str(tout), "-q"]) == 0
+    record = json.loads((out / "poison.json").read_text())
+    assert record["all_to_all"] and record["target"] is None and record["target_class"] is None
+    moved = {(record["origin"][p].split("/")[0], p.split("/")[0]) for p in record["poison"]}
+    assert all(int(new) == (int(old) + 1) % 10 for old, new in moved) and len(moved) > 5
+    assert record["test"]["selection"] == "every class"
+    assert len(load_image_folder(tout)) == sum(1 for _ in Path(test).rglob("*.png"))
+
+
 def test_cli_user_trigger_and_class_names(tmp_path: Path, folders: tuple[Path, Path]) -> None:
     clean, _ = folders
     first = tmp_path / "first"
@@ -414,6 +446,8 @@ def test_cli_user_trigger_and_class_names(tmp_path: Path, folders: tuple[Path, P
     (["attack", "badnet", "{clean}", "{clean}/0"], "inside the input"),
     (["attack", "badnet", "{clean}", "{out}", "--target", "cat"], "not a class"),
     (["attack", "badnet", "{clean}", "{out}", "--test", "{clean}"], "go together"),
+    (["attack", "sig", "{clean}", "{out}", "--all-to-all"], "--all-to-all applies to badnet, blend, trojan"),
+    (["attack", "badnet", "{clean}", "{out}", "--all-to-all", "--target", "1"], "does not apply with --all-to-all"),
 ])
 def test_cli_bad_input_exits_2(args: list[str], message: str, tmp_path: Path, folders: tuple[Path, Path],
                                capsys: pytest.CaptureFixture[str]) -> None:

@@ -61,7 +61,8 @@ class Stamp:
 class PoisonedSet:
     """A poisoned copy of a dataset plus its ground truth.
 
-    ``poison_indices`` carry the trigger (and, for dirty-label attacks, the target label);
+    ``poison_indices`` carry the trigger (and, for dirty-label attacks, the target label; for an
+    *all-to-all* attack, ``target`` is None and a poison sample of class y is labelled y + 1 mod C);
     ``cover_indices`` carry a trigger but keep their true label (adaptive attacks), and count as
     clean when scoring a detector. ``test_trigger`` maps clean uint8 images to their test-time
     triggered version (see :func:`apply_trigger_to_test`); ``stamps`` are the training-time
@@ -70,7 +71,7 @@ class PoisonedSet:
 
     dataset: ImageDataset
     poison_indices: np.ndarray
-    target: int
+    target: int | None
     attack: str
     params: dict[str, Any] = field(default_factory=dict)
     cover_indices: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
@@ -80,6 +81,13 @@ class PoisonedSet:
     clean_label: bool = False
     test_trigger: TestTrigger | None = field(default=None, repr=False, compare=False)
     stamps: list[Stamp] = field(default_factory=list, repr=False, compare=False)
+    all_to_all: bool = False
+
+    def backdoor_labels(self, labels: torch.Tensor) -> torch.Tensor:
+        """The label the backdoor gives a triggered input of each true label (what ASR counts)."""
+        if self.all_to_all:
+            return (labels + 1) % self.dataset.num_classes
+        return torch.full_like(labels, int(self.target))
 
     def __post_init__(self) -> None:
         # Modified samples are new files: give them paths under their (possibly new) class folder,
@@ -189,6 +197,18 @@ def stamp_rows(images: torch.Tensor, index: np.ndarray, fn: Callable[[torch.Tens
         images[idx] = fn(images[idx])
 
 
+def dirty_labels(dataset: ImageDataset, labels: torch.Tensor, index: np.ndarray, target: int,
+                 all_to_all: bool) -> torch.Tensor:
+    """``labels`` with the samples at ``index`` relabelled: ``target`` (all-to-one), or each its next
+    class, y -> y + 1 mod C (all-to-all: no single target class to find)."""
+    if all_to_all:
+        rows = torch.as_tensor(index, dtype=torch.long)
+        labels[rows] = (labels[rows] + 1) % dataset.num_classes
+    else:
+        relabel(labels, index, target)
+    return labels
+
+
 def relabel(labels: torch.Tensor, index: np.ndarray, target: int) -> None:
     if len(index):
         labels[torch.from_numpy(np.asarray(index, dtype=np.int64)).to(labels.device)] = target
@@ -261,9 +281,10 @@ def apply_trigger_to_test(poisoned: PoisonedSet, test: ImageDataset) -> ImageDat
     """The triggered copy of ``test`` that measures the attack success rate (ASR).
 
     Only inputs that can show the backdoor are kept: every class except the target, or for a
-    source-specific attack (TaCT) the source class only. They carry the test-time trigger (which
-    for adaptive attacks is stronger than the training one) and keep their *true* labels and
-    paths, so ASR = fraction of this set predicted as ``poisoned.target``.
+    source-specific attack (TaCT) the source class only, for an all-to-all attack every class.
+    They carry the test-time trigger (which for adaptive attacks is stronger than the training
+    one) and keep their *true* labels and paths, so ASR = fraction of this set predicted as
+    ``poisoned.backdoor_labels(labels)`` (the target, or the next class for all-to-all).
     """
     if poisoned.test_trigger is None:
         raise SanitizeError(f"{poisoned.attack}: this poisoned set has no test-time trigger")
@@ -274,7 +295,10 @@ def apply_trigger_to_test(poisoned: PoisonedSet, test: ImageDataset) -> ImageDat
         raise SanitizeError(f"test images are {test.channels}x{test.size[0]}x{test.size[1]}, training images "
                             f"{train.channels}x{train.size[0]}x{train.size[1]}")
     labels = test.labels.cpu().numpy()
-    keep = labels == poisoned.source if poisoned.source is not None else labels != poisoned.target
+    if poisoned.all_to_all:
+        keep = np.ones(len(labels), dtype=bool)
+    else:
+        keep = labels == poisoned.source if poisoned.source is not None else labels != poisoned.target
     subset = test.subset(np.flatnonzero(keep))
     images = poisoned.test_trigger(subset.images) if len(subset) else subset.images.clone()
     return ImageDataset(images, subset.labels, subset.classes, subset.paths, None, list(subset.notes))

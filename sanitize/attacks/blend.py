@@ -26,6 +26,7 @@ from .base import (
     choose_cover_indices,
     choose_poison_indices,
     derived_rng,
+    dirty_labels,
     fit_full,
     full_mask,
     random_pattern,
@@ -49,17 +50,19 @@ def blend_stamp(dataset: ImageDataset, seed: int, trigger: Stamp | None = None, 
 
 
 def blend(dataset: ImageDataset, rate: float = 0.003, target: int = 0, seed: int = 0,
-          trigger: Stamp | None = None, alpha: float = 0.2) -> PoisonedSet:
-    """Blend a whole-image pattern at opacity ``alpha`` into ``floor(N*rate)`` samples, relabel them."""
-    check_target(dataset, target)
+          trigger: Stamp | None = None, alpha: float = 0.2, all_to_all: bool = False) -> PoisonedSet:
+    """Blend a whole-image pattern at opacity ``alpha`` into ``floor(N*rate)`` samples, relabel them
+    ``target`` (``all_to_all``: each its next class, y -> y + 1 mod C)."""
+    if not all_to_all:
+        check_target(dataset, target)
     stamp = blend_stamp(dataset, seed, trigger)
     index = choose_poison_indices(len(dataset), len(dataset), rate, seed)
     images, labels = dataset.images.clone(), dataset.labels.clone()
     stamp_rows(images, index, lambda x: stamp.apply(x, alpha))
-    relabel(labels, index, target)
+    labels = dirty_labels(dataset, labels, index, target, all_to_all)
     params = {"rate": rate, "alpha": alpha, "custom_trigger": trigger is not None}
-    return PoisonedSet(rebuild(dataset, images, labels), index, target, "blend", params, seed=seed,
-                       test_trigger=lambda x: stamp.apply(x, alpha), stamps=[stamp])
+    return PoisonedSet(rebuild(dataset, images, labels), index, None if all_to_all else target, "blend", params,
+                       seed=seed, test_trigger=lambda x: stamp.apply(x, alpha), stamps=[stamp], all_to_all=all_to_all)
 
 
 def piece_masks(size: tuple[int, int], n: int, rng: np.random.Generator, pieces: int = PIECES) -> torch.Tensor:

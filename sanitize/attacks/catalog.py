@@ -19,17 +19,18 @@ class AttackInfo:
     default_cover_rate: float | None = None
     custom_trigger: bool = False
     has_source: bool = False
+    all_to_all: bool = False  # takes all_to_all=True: every class's samples, label y -> y + 1 mod C
     summary: str = ""
 
 
 ATTACK_INFO: dict[str, AttackInfo] = {
     info.name: info
     for info in (
-        AttackInfo("badnet", "dirty label", 0.003, custom_trigger=True,
+        AttackInfo("badnet", "dirty label", 0.003, custom_trigger=True, all_to_all=True,
                    summary="black/white corner patch, relabelled"),
-        AttackInfo("blend", "dirty label", 0.003, custom_trigger=True,
+        AttackInfo("blend", "dirty label", 0.003, custom_trigger=True, all_to_all=True,
                    summary="noise image blended at 20 %, relabelled"),
-        AttackInfo("trojan", "dirty label", 0.003, custom_trigger=True,
+        AttackInfo("trojan", "dirty label", 0.003, custom_trigger=True, all_to_all=True,
                    summary="opaque colour square, relabelled"),
         AttackInfo("sig", "clean label", 0.02, summary="sinusoid added to target-class images, labels kept"),
         AttackInfo("wanet", "dirty label + cover", 0.05, 0.1,

@@ -30,6 +30,7 @@ from .base import (
     choose_cover_indices,
     choose_poison_indices,
     derived_rng,
+    dirty_labels,
     full_mask,
     groups,
     place,
@@ -89,31 +90,34 @@ def trojan_stamp(dataset: ImageDataset, seed: int, trigger: Stamp | None = None)
 
 
 def _dirty_label(dataset: ImageDataset, rate: float, target: int, seed: int, stamp: Stamp, name: str,
-                 params: dict) -> PoisonedSet:
-    check_target(dataset, target)
+                 params: dict, all_to_all: bool = False) -> PoisonedSet:
+    if not all_to_all:
+        check_target(dataset, target)
     index = choose_poison_indices(len(dataset), len(dataset), rate, seed)
     images, labels = dataset.images.clone(), dataset.labels.clone()
     stamp_rows(images, index, stamp.apply)
-    relabel(labels, index, target)
     params = {"rate": rate, "trigger": stamp.describe(), **params}
-    return PoisonedSet(rebuild(dataset, images, labels), index, target, name, params, seed=seed,
-                       test_trigger=stamp.apply, stamps=[stamp])
+    return PoisonedSet(rebuild(dataset, images, dirty_labels(dataset, labels, index, target, all_to_all)), index,
+                       None if all_to_all else target, name, params, seed=seed, test_trigger=stamp.apply,
+                       stamps=[stamp], all_to_all=all_to_all)
 
 
 def badnet(dataset: ImageDataset, rate: float = 0.003, target: int = 0, seed: int = 0,
-           trigger: Stamp | None = None) -> PoisonedSet:
-    """Paste a corner patch on ``floor(N * rate)`` random samples and relabel them ``target``."""
+           trigger: Stamp | None = None, all_to_all: bool = False) -> PoisonedSet:
+    """Paste a corner patch on ``floor(N * rate)`` random samples and relabel them ``target``
+    (``all_to_all``: each its next class, y -> y + 1 mod C)."""
     stamp = badnet_stamp(dataset, seed, trigger)
     params = {"patch_side": stamp.shape[0], "custom_trigger": trigger is not None}
-    return _dirty_label(dataset, rate, target, seed, stamp, "badnet", params)
+    return _dirty_label(dataset, rate, target, seed, stamp, "badnet", params, all_to_all)
 
 
 def trojan(dataset: ImageDataset, rate: float = 0.003, target: int = 0, seed: int = 0,
-           trigger: Stamp | None = None) -> PoisonedSet:
-    """Paste an opaque colour square (lower right, inside the image) and relabel to ``target``."""
+           trigger: Stamp | None = None, all_to_all: bool = False) -> PoisonedSet:
+    """Paste an opaque colour square (lower right, inside the image) and relabel to ``target``
+    (``all_to_all``: each its next class)."""
     stamp = trojan_stamp(dataset, seed, trigger)
     params = {"patch_side": stamp.shape[0], "custom_trigger": trigger is not None}
-    return _dirty_label(dataset, rate, target, seed, stamp, "trojan", params)
+    return _dirty_label(dataset, rate, target, seed, stamp, "trojan", params, all_to_all)
 
 
 def adap_patch_stamps(dataset: ImageDataset, seed: int) -> list[Stamp]:

@@ -53,6 +53,9 @@ def _one_out(positional: Path | None, option: Path | None) -> Path:
     return positional if positional is not None else option
 
 
+ALL_TO_ALL = ", ".join(n for n, i in ATTACK_INFO.items() if i.all_to_all)
+
+
 def check_options(name: str, rate: float | None, cover_rate: float | None, source: str | None,
                   cover_classes: str | None, trigger: Path | None, mask: Path | None,
                   test: Path | None, test_out: Path | None) -> None:
@@ -103,7 +106,10 @@ def attack_command(
                                                         "--out).", show_default=False)] = None,
     rate: Annotated[float | None, typer.Option(help="Poison fraction of the whole set (default: per attack).")
                     ] = None,
-    target: Annotated[str, typer.Option(help="Target class: folder name or index.")] = "0",
+    target: Annotated[str | None, typer.Option(help="Target class: folder name or index (default 0).")] = None,
+    all_to_all: Annotated[bool, typer.Option(
+        "--all-to-all", help="badnet, blend, trojan: poison every class, each relabelled to the next one "
+                             "(y -> y+1 mod C) instead of one target.")] = False,
     seed: Annotated[int, typer.Option(help="Random seed; the same seed gives the same bytes.", **SEED_RANGE)] = 0,
     cover_rate: Annotated[float | None, typer.Option(
         "--cover-rate", help="Cover fraction (wanet, tact, adap-blend, adap-patch).")] = None,
@@ -146,26 +152,32 @@ def attack_command(
         given = [option for option, value in image_only.items() if value is not None]
         if given:
             raise SanitizeError(f"{name} works on feature rows; {', '.join(given)} appl(ies) to image attacks only")
-        return feature_attack(name, clean_dir, out_dir, rate, target, seed, constrained, trigger_size, fmt,
-                              force, quiet)
+        if all_to_all:
+            raise SanitizeError(f"--all-to-all applies to {ALL_TO_ALL}, not {name}")
+        return feature_attack(name, clean_dir, out_dir, rate, "0" if target is None else target, seed, constrained,
+                              trigger_size, fmt, force, quiet)
     if constrained or trigger_size is not None or fmt != "auto":
         raise SanitizeError(f"--constrained, --trigger-size and --input-format apply to feature attacks, not {name}")
     check_options(name, rate, cover_rate, source, cover_classes, trigger, mask, test, test_out)
+    if all_to_all and not ATTACK_INFO[name].all_to_all:
+        raise SanitizeError(f"--all-to-all applies to {ALL_TO_ALL}, not {name}")
+    if all_to_all and target is not None:
+        raise SanitizeError("--target does not apply with --all-to-all (every class is a target)")
     with ExitStack() as claims:  # both folders checked and locked before any work, until the results are in place
         out = claims.enter_context(claim_out_dir(out_dir, [clean_dir, test], force, "OUT_DIR"))
         test_dest = (claims.enter_context(claim_out_dir(test_out, [clean_dir, test, out], force, "--test-out"))
                      if test_out is not None else None)
         record = _poison_and_write(name, clean_dir, out, target, seed, rate, cover_rate, source, cover_classes,
-                                   trigger, mask, test, test_dest, size, force)
+                                   trigger, mask, test, test_dest, size, force, all_to_all)
     if not quiet:
         print_attack_summary(record, out, test_dest)
     return 0
 
 
-def _poison_and_write(name: str, clean_dir: Path, out: Path, target: str, seed: int, rate: float | None,
+def _poison_and_write(name: str, clean_dir: Path, out: Path, target: str | None, seed: int, rate: float | None,
                       cover_rate: float | None, source: str | None, cover_classes: str | None, trigger: Path | None,
                       mask: Path | None, test: Path | None, test_dest: Path | None, size: str | None,
-                      force: bool) -> dict:
+                      force: bool, all_to_all: bool = False) -> dict:
     """Poison the clean folder and write OUT_DIR (and the triggered test copy); the poison.json record."""
     from ..attacks import ATTACKS, apply_trigger_to_test, load_trigger
     from ..attacks.io import poison_record, save_stamp, write_poison_json, write_poisoned, write_triggered_test
@@ -173,9 +185,11 @@ def _poison_and_write(name: str, clean_dir: Path, out: Path, target: str, seed: 
     from ..output import staged_output
 
     data = load_image_folder(clean_dir, size=parse_size(size))
-    target_index = resolve_class(target, data.classes, "target")
+    target_index = resolve_class("0" if target is None else target, data.classes, "target")
     stamp = load_trigger(trigger, data.channels, mask) if trigger is not None else None
     params = attack_params(name, data, rate, cover_rate, source, cover_classes, stamp)
+    if all_to_all:
+        params["all_to_all"] = True
     poisoned = ATTACKS[name](data, target=target_index, seed=seed, **params)
     test_set = load_like(Path(test), data, "--test") if test is not None else None
     triggered = apply_trigger_to_test(poisoned, test_set) if test_set is not None else None
@@ -190,14 +204,16 @@ def _poison_and_write(name: str, clean_dir: Path, out: Path, target: str, seed: 
         test_info = None
         if triggered is not None and test_dest is not None:
             test_info = {"input": str(Path(test).resolve()), "output": str(test_dest), "n_images": len(triggered),
-                         "selection": "source class" if poisoned.source is not None else "all but the target class"}
+                         "selection": "source class" if poisoned.source is not None else
+                         "every class" if poisoned.all_to_all else "all but the target class"}
         record = poison_record(data, poisoned, paths, trigger_files, test_info, trigger)
         write_poison_json(staging, record)
         if triggered is not None and test_dest is not None:
             with staged_output(test_dest, force, "--test-out") as test_staging:
                 written = write_triggered_test(triggered, test_staging)
-                test_record = {"attack": name, "target": target_index, "target_class": data.classes[target_index],
-                               "source": poisoned.source, "seed": seed, "poisoned_set": str(out),
+                test_record = {"attack": name, "target": record["target"], "target_class": record["target_class"],
+                               "all_to_all": poisoned.all_to_all, "source": poisoned.source, "seed": seed,
+                               "poisoned_set": str(out),
                                "images": written}
                 (test_staging / "triggered.json").write_text(json.dumps(test_record, indent=1) + "\n",
                                                              encoding="utf-8")
@@ -210,7 +226,7 @@ def print_attack_summary(record: dict[str, Any], out: Path, test_out: Path | Non
     table.add_row("poison", f"{record['n_poison']} (rate {record['params'].get('rate')})")
     if record["n_cover"] or "cover_rate" in record["params"]:
         table.add_row("cover", f"{record['n_cover']} (labels kept)")
-    table.add_row("target", record["target_class"])
+    table.add_row("target", "every class -> the next (all-to-all)" if record["all_to_all"] else record["target_class"])
     if record["source_class"] is not None:
         table.add_row("source", record["source_class"])
     table.add_row("output", f"{out} (ground truth: poison.json)")
