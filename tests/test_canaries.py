@@ -11,6 +11,7 @@ from sanitize.detectors.canaries import (
     check_alpha,
     class_robust_z,
     detectable_count,
+    set_wide_evidence,
     share_notes,
 )
 from sanitize.errors import SanitizeError
@@ -150,3 +151,24 @@ def test_implausible_shares_are_said_in_one_line() -> None:
     notes = share_notes(flagged, labels, [0], ["cat", "dog"])
     assert len(notes) == 1 and notes[0].startswith("class cat: 8 of 10") and "reserve" in notes[0]
     assert share_notes(flagged, labels, [1], ["cat", "dog"]) == []
+
+
+def test_poison_spread_over_every_class_is_said_not_flagged() -> None:
+    """Ten classes, each with 12 of 200 samples far below every canary (an all-to-all pattern): no
+    class holds enough to be named against 10 canaries of its own, but the set-wide count is
+    improbable for clean data, and the note says so; a clean set gets the scope line instead."""
+    rng = np.random.default_rng(0)
+    labels, canary_labels = np.repeat(np.arange(10), 200), np.repeat(np.arange(10), 10)
+    scores, canary_scores = rng.normal(size=2000), rng.normal(size=100)
+    spread = np.concatenate([np.flatnonzero(labels == c)[:12] for c in range(10)])
+    scores[spread] = -10.0
+    flagged, suspected, _, _ = canary_class_test(scores, labels, canary_scores, canary_labels, 10, alpha=1e-3)
+    assert suspected == [] and not flagged.any()
+    k = int((scores < canary_scores.min()).sum())
+    evidence, notes = set_wide_evidence(k, len(scores), len(canary_scores), suspected, 1e-3)
+    assert evidence["n_beyond_cut"] >= 120 and evidence["p_value"] < 1e-3
+    assert len(notes) == 1 and "all-to-all attack) looks like this; nothing was flagged" in notes[0]
+    clean = rng.normal(size=2000)
+    evidence, notes = set_wide_evidence(int((clean < canary_scores.min()).sum()), 2000, 100, [], 1e-3)
+    assert evidence["p_value"] > 1e-3 and "can pass it" in notes[0]
+    assert set_wide_evidence(120, 2000, 100, [0], 1e-3)[1] == []  # a named class: nothing to add

@@ -183,6 +183,35 @@ def canary_class_test(scores: np.ndarray, labels: np.ndarray, canary_scores: np.
     return flagged, suspected, stats, notes
 
 
+ALL_TO_ALL_DOC = "docs/ct.md#all-to-all-attacks"
+
+
+def set_wide_evidence(n_beyond: int, n: int, m: int, suspected: list[int], alpha: float,
+                      where: str = "below") -> tuple[dict, list[str]]:
+    """The whole set's count beyond every canary against what clean samples show, and what to say.
+
+    The class test names a class only where poison concentrates. Poison spread over every class
+    (an all-to-all attack: each class's poison relabelled to the next class) leaves each class
+    too few samples to be named, and the evidence left is the set-wide count: at least ``n_beyond``
+    of ``n`` exchangeable samples beyond all ``m`` canaries has probability ``C(n, k) / C(n + m, k)``.
+    It is reported and, when it is below ``alpha`` with no class named, said in a note; it never
+    flags, because it pools every class's canaries, which fails where a detector treats clean
+    classes unevenly (docs/ct.md, "The class test"). A run that names no class says what the test
+    cannot see, so that passing is not read as "no all-to-all backdoor".
+    """
+    p_value = below_lowest_canary_p(n, n_beyond, m)
+    evidence = {"n_samples": n, "n_canaries": m, "n_beyond_cut": n_beyond, "p_value": p_value}
+    if suspected:
+        return evidence, []
+    if p_value < alpha:
+        return evidence, [f"{n_beyond} of {n} samples lie {where} every canary, more than clean data gives "
+                          f"(p = {p_value:.2g}), but no class holds enough of them to be named: poison spread over "
+                          f"many classes (an all-to-all attack) looks like this; nothing was flagged "
+                          f"({ALL_TO_ALL_DOC})"]
+    return evidence, [f"no class was named; the class test finds poison that concentrates in a few classes, and "
+                      f"poison spread evenly over every class (an all-to-all attack) can pass it ({ALL_TO_ALL_DOC})"]
+
+
 # More than this share of one class flagged is an unusual poisoning budget: a dirty-label attack
 # relabels a few per cent of the data into its target class. It is reported, not hidden.
 PLAUSIBLE_SHARE = 0.5

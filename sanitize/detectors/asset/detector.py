@@ -21,7 +21,7 @@ from ...nn.engine import (
 )
 from ...progress import Progress, Silent
 from ...result import DetectionResult
-from ..canaries import DEFAULT_ALPHA, check_alpha, share_notes
+from ..canaries import DEFAULT_ALPHA, check_alpha, set_wide_evidence, share_notes
 from .inputs import (
     Inputs,
     TrainModeMap,
@@ -197,7 +197,7 @@ class ASSET:
                            "empty_selections": log.empty_selections, "selected_total": log.selected,
                            **({"global_selected": log.global_selected} if log.global_selected is not None else {}),
                            "canaries": inp.n_canaries, "threshold": cut, **inp.settings,
-                           "precision": PRECISION[device.type == "cuda"]}
+                           "precision": PRECISION[device.type == "cuda"], **result.settings}
         if log.empty_selections:
             result.notes.append(f"{log.empty_selections} of {log.steps} offset steps selected nothing "
                                 f"(max step skipped)")
@@ -226,7 +226,11 @@ class ASSET:
         sizes = np.bincount(labels, minlength=c)
         n_flag = np.bincount(labels[flagged], minlength=c)
         notes = []
+        evidence: dict = {}
         if p_values is not None:  # a class the test clears keeps its samples: they are what clean data shows
+            evidence, spread = set_wide_evidence(int(flagged.sum()), len(flagged), inp.n_canaries, suspected, alpha,
+                                                 where="above")
+            notes.extend(spread)
             cleared = flagged & ~np.isin(labels, suspected)
             if cleared.any():
                 notes.append(f"{int(cleared.sum())} sample(s) above the cut in classes the canary test clears "
@@ -245,7 +249,7 @@ class ASSET:
         scores[inp.inspected] = losses
         all_flags[inp.inspected] = flagged
         return DetectionResult("asset", scores=scores, flagged=all_flags, suspected_classes=suspected,
-                               class_stats=stats, notes=notes)
+                               class_stats=stats, notes=notes, settings={"set_wide": evidence} if evidence else {})
 
 
 def _schedule_settings(schedule: AssetSchedule) -> dict[str, Any]:

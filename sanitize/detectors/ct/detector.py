@@ -26,7 +26,14 @@ from ...nn.engine import (
 from ...nn.models import Classifier, build_model, default_arch
 from ...progress import Progress, Silent
 from ...result import DetectionResult
-from ..canaries import DEFAULT_ALPHA, canary_class_test, check_alpha, class_robust_z, share_notes
+from ..canaries import (
+    DEFAULT_ALPHA,
+    canary_class_test,
+    check_alpha,
+    class_robust_z,
+    set_wide_evidence,
+    share_notes,
+)
 from .decision import class_ratios, decide_classes
 from .distillation import (
     class_frequency_weights,
@@ -170,7 +177,7 @@ class ConfusionTraining:
                            "class_test": "canaries" if n > n_inspected else "likelihood ratio (the paper's)",
                            **({"alpha": self.alpha} if n > n_inspected else {}),
                            **({"reserve_check": fit.as_dict()} if fit else {}),
-                           "precision": PRECISION[device.type == "cuda"]}
+                           "precision": PRECISION[device.type == "cuda"], **result.settings}
         result.notes[:0] = fit.notes if fit else []
         if self.arch == "auto":
             result.notes.append(f"--arch auto chose {arch} for {describe(device)} at "
@@ -199,6 +206,7 @@ class ConfusionTraining:
         d, k = slice(0, n_inspected), slice(n_inspected, None)
         ratios = class_ratios(feats[d].cpu().numpy(), labels[d], isolated[d], c)
         notes: list[str] = []
+        evidence: dict = {}
         if n_inspected == len(labels):
             suspected = decide_classes(ratios)
             flagged = isolated & np.isin(labels, suspected)
@@ -210,12 +218,15 @@ class ConfusionTraining:
             flagged, suspected, stats, notes = canary_class_test(z, labels[d], canary_z, labels[k], c, self.alpha,
                                                                  isolated[d], isolated[k], class_names=data.classes,
                                                                  flag_fitted=True)
+            evidence, spread = set_wide_evidence(int((z < canary_z.min()).sum()), len(z), len(canary_z), suspected,
+                                                 self.alpha)
+            notes.extend(spread)
         for entry, ratio in zip(stats, ratios, strict=True):
             entry["likelihood_ratio"] = float(ratio)
             entry["suspected"] = entry["class"] in suspected
         notes.extend(share_notes(flagged, labels[d], suspected, data.classes))
         return DetectionResult("ct", scores=label_prob[d], flagged=flagged, suspected_classes=suspected,
-                               class_stats=stats, notes=notes)
+                               class_stats=stats, notes=notes, settings={"set_wide": evidence} if evidence else {})
 
 
 def ct(data: ImageDataset, reserve: ImageDataset, *, schedule: str | CTSchedule = "fast",

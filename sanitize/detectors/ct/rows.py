@@ -40,7 +40,14 @@ from ...nn.engine import epoch_batches, make_sgd, planned_batches
 from ...nn.models import Classifier
 from ...progress import Progress, Silent
 from ...result import DetectionResult
-from ..canaries import DEFAULT_ALPHA, canary_class_test, check_alpha, class_robust_z, share_notes
+from ..canaries import (
+    DEFAULT_ALPHA,
+    canary_class_test,
+    check_alpha,
+    class_robust_z,
+    set_wide_evidence,
+    share_notes,
+)
 from .distillation import distill, fewest_samples, split_canaries
 
 
@@ -313,7 +320,7 @@ class FeatureConfusionTraining:
                            "rounds": [asdict(s) for s in schedule.rounds], "batch_size": schedule.batch_size,
                            "lambda": schedule.lam, "alpha": self.alpha, "canaries": len(canaries),
                            "standardisation": "(x - mean) / (std + 0.1)", "precision": "float32",
-                           **({"reserve_check": fit.as_dict()} if fit else {})}
+                           **({"reserve_check": fit.as_dict()} if fit else {}), **result.settings}
         result.notes[:0] = fit.notes if fit else []
         return result
 
@@ -325,6 +332,7 @@ class FeatureConfusionTraining:
         n = pool.n_inspected
         d, k = slice(0, n), slice(n, None)
         notes: list[str] = []
+        evidence: dict = {}
         if self.cut == "budget":
             order = np.argsort(losses[d], kind="stable")[: int(n * REFERENCE_BUDGET)]
             flagged_l = np.zeros(n, dtype=bool)
@@ -343,6 +351,9 @@ class FeatureConfusionTraining:
                                                                    self.alpha, fitted[d], fitted[k],
                                                                    class_names=data.classes)
             notes.extend(share_notes(flagged_l, labels[d], suspected, data.classes))
+            evidence, spread = set_wide_evidence(int((z < canary_z.min()).sum()), len(z), len(canary_z), suspected,
+                                                 self.alpha)
+            notes.extend(spread)
         # score: probability the confused model gives the row's own label (higher = more suspicious)
         scores = np.zeros(len(data))
         flagged = np.zeros(len(data), dtype=bool)
@@ -352,7 +363,7 @@ class FeatureConfusionTraining:
         if data.n_unlabelled:
             notes.append(f"{data.n_unlabelled} unlabelled row(s) not inspected (score 0, never flagged)")
         return DetectionResult("ct", scores=scores, flagged=flagged, suspected_classes=suspected,
-                               class_stats=stats, notes=notes)
+                               class_stats=stats, notes=notes, settings={"set_wide": evidence} if evidence else {})
 
 
 class RowPool:
