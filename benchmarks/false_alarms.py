@@ -87,6 +87,8 @@ def attack_name(args) -> str:
     """How a run's attack is recorded: ``clean``, the attack's name, ``... constrained``."""
     if not args.attack:
         return "clean"
+    if args.all_to_all:
+        return f"{args.attack} all-to-all"
     return f"{args.attack} constrained" if args.constrained else args.attack
 
 
@@ -97,7 +99,8 @@ def one_run(name: str, detector: str, per_class: int, seed: int, args) -> dict:
         poisoned = ember_explanation(data, args.rate, seed=seed, constrained=args.constrained)
         data, truth = poisoned.dataset, poisoned.is_poison
     elif args.attack:
-        poisoned = ATTACKS[args.attack](data, args.rate, target=0, seed=seed)
+        poisoned = ATTACKS[args.attack](data, args.rate, target=0, seed=seed,
+                                        **({"all_to_all": True} if args.all_to_all else {}))
         data, truth = poisoned.dataset, poisoned.is_poison
     device, machine = pick_device(args.device)
     attack = attack_name(args)
@@ -141,6 +144,7 @@ def main() -> None:
     ap.add_argument("--attack", choices=[*sorted(ATTACKS), "ember-explanation"], default=None,
                     help="poison the inspected set (images: target class 0; ember: the clean-label feature trigger)")
     ap.add_argument("--constrained", action="store_true", help="ember-explanation: the 17 feasible features")
+    ap.add_argument("--all-to-all", action="store_true", help="badnet, blend, trojan: label y -> y + 1 mod C")
     ap.add_argument("--rate", type=float, default=0.05)
     ap.add_argument("--limit", type=int, default=2000, help="inspected images or rows (cifar10, gtsrb, ember)")
     ap.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)

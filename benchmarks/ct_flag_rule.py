@@ -1,0 +1,158 @@
+#!/usr/bin/env python3
+"""Which samples of a suspected class should CT flag? The class test's inputs, replayed under each rule.
+
+CT's class test (``sanitize/detectors/canaries.py``) decides *which classes* are suspected; a
+second rule decides *which of their samples* are flagged. This script runs ``ct`` on the draws of
+``false_alarms.py`` (same data, reserve, attack and seed), records what the class test was given
+in each run (every sample's standardised score and whether the confused model still fits it, the
+same for the canaries, and the poison truth), and replays the runs under each flagging rule:
+
+* ``fitted``: every sample of a suspected class that the confused model still predicts as its label
+  (the CT paper's rule; what ``ct`` did before this measurement);
+* ``below q``: the samples of a suspected class whose score lies below the ``k``-th lowest canary
+  score, ``k = max(1, floor(q (M + 1)))`` of the ``M`` canaries the class was tested against (all
+  classes' canaries, or its own where the test used its own). A clean sample exchangeable with the
+  canaries lies there with probability at most ``k / (M + 1) <= q``, so ``q`` bounds the share of a
+  suspected class's clean samples that are flagged; ``below 0`` is the lowest canary (the cut).
+
+The class decision is the same under every rule; only the suspected classes' flags differ.
+
+    python benchmarks/ct_flag_rule.py --datasets digits --reserve-per-class 20 50 --seeds 0 1 2 \\
+        --attacks badnet blend --rate 0.05 --threads 1 --record .bench/flag-rule
+    python benchmarks/ct_flag_rule.py --replay .bench/flag-rule            # the table only
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+from common import DEFAULT_DATA_DIR, pick_device, use_threads
+
+RULES = ("fitted", "below 0", "below 0.01", "below 0.02", "below 0.05")
+
+
+def record_run(name: str, attack: str, per_class: int, seed: int, args, out: Path) -> None:
+    """Run ct once and save the class test's inputs (and the truth) to ``out``."""
+    import false_alarms
+
+    import sanitize.detectors.ct.detector as ct_detector
+    from sanitize import ct
+
+    args.attack = None if attack == "clean" else attack.removesuffix("-a2a")
+    args.constrained, args.all_to_all = False, attack.endswith("-a2a")
+    data, reserve = false_alarms.image_sets(name, per_class, seed, args)
+    truth = np.zeros(len(data), dtype=bool)
+    if args.attack:
+        poisoned = false_alarms.ATTACKS[args.attack](data, args.rate, target=0, seed=seed,
+                                                     **({"all_to_all": True} if args.all_to_all else {}))
+        data, truth = poisoned.dataset, poisoned.is_poison
+    seen: dict = {}
+    original = ct_detector.canary_class_test
+
+    def recording(scores, labels, canary_scores, canary_labels, num_classes, alpha, fitted, canary_fitted, **kw):
+        seen.update(scores=scores, labels=labels, canary_scores=canary_scores, canary_labels=canary_labels,
+                    fitted=fitted, canary_fitted=canary_fitted)
+        found = original(scores, labels, canary_scores, canary_labels, num_classes, alpha, fitted, canary_fitted,
+                         **kw)
+        seen.update(suspected=np.array(found[1], dtype=np.int64),
+                    own=np.array([s["canary_pool"] == "own" for s in found[2]]))
+        return found
+
+    ct_detector.canary_class_test = recording
+    try:
+        device, _ = pick_device(args.device)
+        result = ct(data, reserve, seed=seed, device=device)
+    finally:
+        ct_detector.canary_class_test = original
+    assert np.array_equal(result.flagged, flags(seen, "fitted")), "the replay must reproduce ct's own flags"
+    np.savez(out, truth=truth, **seen)
+
+
+def flags(run, rule: str) -> np.ndarray:
+    """The samples ``rule`` flags in the suspected classes of one recorded run."""
+    flagged = np.zeros(len(run["scores"]), dtype=bool)
+    for c in run["suspected"]:
+        mine = run["labels"] == c
+        if rule == "fitted":
+            flagged |= mine & run["fitted"]
+            continue
+        q = float(rule.split()[1])
+        pool = run["canary_scores"][run["canary_labels"] == c] if run["own"][c] else run["canary_scores"]
+        ordered = np.sort(pool)
+        k = max(1, math.floor(q * (len(pool) + 1)))
+        flagged |= mine & (run["scores"] < ordered[min(k, len(ordered)) - 1])
+    return flagged
+
+
+def table(folder: Path) -> list[str]:
+    """Per setting and rule: TPR (min / mean) and FPR (mean / max) over the recorded seeds."""
+    groups: dict[tuple, list] = defaultdict(list)
+    for path in sorted(folder.glob("*.npz")):
+        name, attack, per_class, _ = path.stem.split("_")
+        groups[(name, attack, int(per_class))].append(np.load(path))
+    rows = ["| data | attack | reserve/class | runs | rule | TPR (min / mean) | FPR (mean / max) |",
+            "|---|---|---|---|---|---|---|"]
+    for (name, attack, per_class), runs in sorted(groups.items()):
+        for rule in RULES:
+            tpr, fpr = [], []
+            for run in runs:
+                f, t = flags(run, rule), run["truth"]
+                tpr.append(f[t].mean() if t.any() else np.nan)
+                fpr.append(f[~t].mean())
+            shown = f"{np.nanmin(tpr):.3f} / {np.nanmean(tpr):.3f}" if not np.isnan(tpr).all() else "–"
+            rows.append(f"| {name} | {attack} | {per_class} | {len(runs)} | {rule} | {shown} | "
+                        f"{np.mean(fpr):.4f} / {np.max(fpr):.4f} |")
+    return rows
+
+
+def run_lines(folder: Path) -> list[str]:
+    """Per recorded run: the suspected classes and the set-wide count below the lowest canary with
+    its exact tail p (what a spread-out, all-to-all poisoning would show, if anything)."""
+    from sanitize.detectors.canaries import below_lowest_canary_p
+
+    rows = ["| run | suspected | poison | below the cut (poison) | set-wide p |", "|---|---|---|---|---|"]
+    for path in sorted(folder.glob("*.npz")):
+        run = np.load(path)
+        below = run["scores"] < run["canary_scores"].min()
+        k, n, m = int(below.sum()), len(below), len(run["canary_scores"])
+        rows.append(f"| {path.stem} | {run['suspected'].tolist()} | {int(run['truth'].sum())} | "
+                    f"{k} ({int((below & run['truth']).sum())}) | {below_lowest_canary_p(n, k, m):.2g} |")
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--datasets", nargs="+", default=["digits"], choices=["digits", "cifar10", "gtsrb"])
+    ap.add_argument("--attacks", nargs="+", default=["badnet", "blend"],
+                    help="attack names, 'clean', or NAME-a2a for the all-to-all variant (badnet-a2a)")
+    ap.add_argument("--rate", type=float, default=0.05)
+    ap.add_argument("--reserve-per-class", type=int, nargs="+", default=[20, 50])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--limit", type=int, default=3000, help="inspected images (cifar10, gtsrb)")
+    ap.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--record", type=Path, help="folder for the recorded runs (those already there are kept)")
+    ap.add_argument("--replay", type=Path, help="only print the table of a folder of recorded runs")
+    args = ap.parse_args()
+    if args.replay is None:
+        use_threads(args.threads)
+        args.record.mkdir(parents=True, exist_ok=True)
+        for name in args.datasets:
+            for attack in args.attacks:
+                for per_class in args.reserve_per_class:
+                    for seed in args.seeds:
+                        out = args.record / f"{name}_{attack}_{per_class}_{seed}.npz"
+                        if not out.exists():
+                            record_run(name, attack, per_class, seed, args, out)
+                            print(f"recorded {out.name}", flush=True)
+    print("\n".join(table(args.replay or args.record)))
+    print("\n".join(run_lines(args.replay or args.record)))
+
+
+if __name__ == "__main__":
+    main()
