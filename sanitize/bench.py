@@ -36,6 +36,7 @@ import torch
 
 from . import __version__
 from .attacks import ATTACK_INFO, ATTACKS, PoisonedSet, apply_trigger_to_test
+from .attacks.catalog import attack_variant, variant_names
 from .data.images import ImageDataset
 from .detectors import detector_class, get_detector
 from .domains import check_fraction
@@ -72,8 +73,8 @@ class BenchConfig:
     def check(self) -> None:
         """Refuse unknown names and bad values before any work starts."""
         for name in self.attacks:
-            if name not in ATTACKS:
-                raise SanitizeError(f"unknown attack {name!r}; choose from {', '.join(ATTACKS)}")
+            if attack_variant(name)[0] not in ATTACKS:
+                raise SanitizeError(f"unknown attack {name!r}; choose from {', '.join(variant_names())}")
         for name in self.detectors:
             if name == NO_DEFENCE:
                 raise SanitizeError(f"{NO_DEFENCE!r} is the no-defence row, added to every attack: drop it")
@@ -88,7 +89,13 @@ class BenchConfig:
         resolve_device(self.device)
 
     def rate_for(self, attack: str) -> float:
-        return ATTACK_INFO[attack].default_rate if self.rate is None else self.rate
+        return ATTACK_INFO[attack_variant(attack)[0]].default_rate if self.rate is None else self.rate
+
+
+def poison(clean: ImageDataset, attack: str, rate: float, target: int, seed: int) -> PoisonedSet:
+    """``attack`` on ``clean``; ``NAME-all-to-all`` is NAME with every class relabelled to the next."""
+    name, all_to_all = attack_variant(attack)
+    return ATTACKS[name](clean, rate, target=target, seed=seed, **({"all_to_all": True} if all_to_all else {}))
 
 
 def _write_text(path: Path, text: str) -> None:
@@ -154,8 +161,8 @@ class Bench:
                     cell = self.load_cell(attack, detector, seed)
                     if cell is None:
                         if poisoned is None:
-                            poisoned = ATTACKS[attack](self.clean, self.config.rate_for(attack),
-                                                       target=self.config.target, seed=seed)
+                            poisoned = poison(self.clean, attack, self.config.rate_for(attack),
+                                              self.config.target, seed)
                         self.log(f"{attack} x {detector} x seed {seed}: running")
                         cell = self.run_cell(poisoned, attack, detector, seed)
                         _write_text(self.cell_path(attack, detector, seed), json.dumps(cell, indent=1) + "\n")

@@ -82,6 +82,9 @@ def test_bench_refuses_unknown_names(bench_folders, tmp_path) -> None:
         BenchConfig(["badnet"], ["nope"], [0]).check()
     with pytest.raises(SanitizeError, match="unknown attack"):
         BenchConfig(["nope"], ["spectral"], [0]).check()
+    BenchConfig(["blend-all-to-all"], ["spectral"], [0]).check()  # the all-to-all variant of an attack that has one
+    with pytest.raises(SanitizeError, match="unknown attack 'sig-all-to-all'.*badnet-all-to-all"):
+        BenchConfig(["sig-all-to-all"], ["spectral"], [0]).check()
     root = bench_folders
     assert run_cli("bench", root / "clean", "--reserve", root / "reserve", "--test", root / "test", "--out",
                    tmp_path / "o", "--detectors", "spectral,nope", "--quiet") == 2

@@ -50,3 +50,21 @@ FEATURE_ATTACK_INFO: dict[str, AttackInfo] = {
     "ember-explanation": AttackInfo("ember-explanation", "clean label (features)", 0.01,
                                     summary="explanation-guided trigger on benign EMBER rows, labels kept"),
 }
+
+# How the bench and the benchmarks name an attack's all-to-all variant: ``badnet-all-to-all``.
+ALL_TO_ALL_SUFFIX = "-all-to-all"
+
+
+def attack_variant(name: str) -> tuple[str, bool]:
+    """``(attack, all_to_all)`` of a name such as ``blend`` or ``blend-all-to-all`` (as given when
+    the attack has no all-to-all variant, so that the caller's unknown-name check reports it)."""
+    base = name.removesuffix(ALL_TO_ALL_SUFFIX)
+    if base != name and base in ATTACK_INFO and ATTACK_INFO[base].all_to_all:
+        return base, True
+    return name, False
+
+
+def variant_names() -> list[str]:
+    """Every image attack and the all-to-all variants (what ``sanitize bench --attacks`` takes)."""
+    return [*ATTACK_INFO, *(n + ALL_TO_ALL_SUFFIX for n, i in ATTACK_INFO.items() if i.all_to_all)]
+

@@ -47,7 +47,8 @@ def bench_command(
     test: Annotated[Path, typer.Option("--test", "-t", help="Test images for ACC and ASR (same classes).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for bench.json/md/html and finished cells; "
                                                           "an existing one is resumed.")],
-    attacks: Annotated[str, typer.Option(help="Comma-separated attacks (see sanitize attack --help).")
+    attacks: Annotated[str, typer.Option(help="Comma-separated attacks (see sanitize attack --help); NAME-all-to-all "
+                                              "for the all-to-all variant of badnet, blend, trojan.")
                        ] = "badnet,blend",
     detectors: Annotated[str, typer.Option(help="Comma-separated detectors, e.g. ct,spectral,strip.")
                          ] = "ct,spectral",
