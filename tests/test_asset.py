@@ -284,7 +284,7 @@ def test_crossfit_scores_are_held_out(scope: str) -> None:
         torch.manual_seed(1)
         gen = torch.Generator().manual_seed(1)
         if scope == "global":
-            s, _, d_fold, _ = global_crossfit_scores(d_feats, r(GLOBAL, global_min_steps=20), gen)
+            s, _, d_fold, _ = global_crossfit_scores(d_feats, r, replace(GLOBAL, global_min_steps=20), gen)
         else:
             s, _, d_fold, _ = crossfit_scores(d_feats, r, 20, 2e-3, 16, gen)
         return s, d_fold
