@@ -11,6 +11,7 @@ from sanitize.detectors.canaries import (
     check_alpha,
     class_robust_z,
     detectable_count,
+    flag_cut,
     set_wide_evidence,
     share_notes,
 )
@@ -118,7 +119,9 @@ def test_uneven_confusion_does_not_name_a_clean_class() -> None:
     assert found / runs >= 0.5
 
 
-def test_flag_fitted_takes_every_fitted_sample_of_a_suspected_class() -> None:
+def test_a_suspected_class_loses_what_lies_below_the_canaries_flag_share_quantile() -> None:
+    """The flag cut is the k-th lowest canary, k = max(1, floor(share (m + 1))): share 0 is the lowest
+    canary; a share reaching an unfitted (infinite) canary takes every fitted sample."""
     scores, labels, canary_scores, canary_labels = clean_run(np.random.default_rng(3), m=100)
     poison = np.flatnonzero(labels == 0)[:30]
     scores[poison] = -50
@@ -131,10 +134,12 @@ def test_flag_fitted_takes_every_fitted_sample_of_a_suspected_class() -> None:
     cz[0] = -5.0  # one canary stays fitted, well enough to sit between the poison and the clean fitted ones
     canary_fitted = np.isfinite(cz)
     flagged, suspected, _, _ = canary_class_test(z, labels, cz, canary_labels, 3, 1e-3, fitted, canary_fitted,
-                                                 flag_fitted=True)
+                                                 flag_share=0.02)  # k = 2 of 100: an unfitted canary
     assert suspected == [0] and flagged.sum() == 33
     below_only, _, _, _ = canary_class_test(z, labels, cz, canary_labels, 3, 1e-3, fitted, canary_fitted)
     assert set(np.flatnonzero(below_only)) == set(poison)
+    ordered = np.arange(99.0)
+    assert flag_cut(ordered, 0.0) == 0.0 and flag_cut(ordered, 0.02) == 1.0 and flag_cut(ordered, 0.05) == 4.0
 
 
 def test_alpha_must_be_a_probability() -> None:

@@ -122,10 +122,23 @@ def fitted_homogeneity_p(own_fitted: int, own: int, all_fitted: int, total: int)
     return float(fisher_exact(table, alternative="greater")[1])
 
 
+def flag_cut(canary_scores: np.ndarray, share: float) -> float:
+    """The ``k``-th lowest canary score, ``k = max(1, floor(share * (m + 1)))`` of ``m`` canaries.
+
+    In a suspected class, a clean sample exchangeable with the canaries lies below it with
+    probability ``k / (m + 1) <= share`` (at least the lowest canary's ``1 / (m + 1)``): ``share``
+    bounds the clean share of a suspected class that is flagged with it, while poison that
+    confusion left fitted, but not quite below every canary, is still taken.
+    """
+    ordered = np.sort(canary_scores)
+    k = max(1, math.floor(share * (len(ordered) + 1)))
+    return float(ordered[min(k, len(ordered)) - 1])
+
+
 def canary_class_test(scores: np.ndarray, labels: np.ndarray, canary_scores: np.ndarray, canary_labels: np.ndarray,
                       num_classes: int, alpha: float = DEFAULT_ALPHA,
                       fitted: np.ndarray | None = None, canary_fitted: np.ndarray | None = None,
-                      class_names: list[str] | None = None, flag_fitted: bool = False
+                      class_names: list[str] | None = None, flag_share: float = 0.0
                       ) -> tuple[np.ndarray, list[int], list[dict], list[str]]:
     """Flags, suspected classes, per-class evidence and notes (see the module docstring).
 
@@ -136,8 +149,9 @@ def canary_class_test(scores: np.ndarray, labels: np.ndarray, canary_scores: np.
     (optional): whether the model still predicts each sample's label after confusion; a class
     whose canaries stayed fitted more often than the others' (:func:`fitted_homogeneity_p`) is
     tested against its own canaries only, at the full level. A suspected class loses its
-    samples below the cut, or with ``flag_fitted`` every fitted sample (the CT paper's rule: the
-    test picks the class, confusion the samples). ``class_names`` name the classes in notes.
+    samples below the ``k``-th lowest score of the canaries it was tested against (:func:`flag_cut`,
+    ``k`` from ``flag_share``; 0: the lowest canary, the cut). ``class_names`` name the classes
+    in notes.
     """
     names = class_names or [str(c) for c in range(num_classes)]
     m_total = len(canary_scores)
@@ -177,8 +191,7 @@ def canary_class_test(scores: np.ndarray, labels: np.ndarray, canary_scores: np.
                      detectable_count=detectable, suspected=is_suspect)
         if is_suspect:
             suspected.append(c)
-            cut_c = cut if pooled else float(canary_scores[theirs].min())
-            flagged |= (mine & fitted) if flag_fitted and fitted is not None else (mine & (scores < cut_c))
+            flagged |= mine & (scores < flag_cut(canary_scores if pooled else canary_scores[theirs], flag_share))
         stats.append(entry)
     return flagged, suspected, stats, notes
 

@@ -45,6 +45,10 @@ from .distillation import (
 )
 from .schedules import CTSchedule, get_schedule
 
+# A suspected class loses its samples below the canaries' FLAG_SHARE quantile
+# (sanitize.detectors.canaries.flag_cut): at most about this share of its clean samples.
+FLAG_SHARE = 0.02
+
 
 @dataclass(kw_only=True)
 class ConfusionTraining:
@@ -175,7 +179,7 @@ class ConfusionTraining:
                            "base_model": schedule.base is not None,
                            "canaries": n - n_inspected,
                            "class_test": "canaries" if n > n_inspected else "likelihood ratio (the paper's)",
-                           **({"alpha": self.alpha} if n > n_inspected else {}),
+                           **({"alpha": self.alpha, "flag_share": FLAG_SHARE} if n > n_inspected else {}),
                            **({"reserve_check": fit.as_dict()} if fit else {}),
                            "precision": PRECISION[device.type == "cuda"], **result.settings}
         result.notes[:0] = fit.notes if fit else []
@@ -194,8 +198,9 @@ class ConfusionTraining:
         decides on it and flags the isolated samples of the chosen classes. With canaries the
         calibrated test of :mod:`sanitize.detectors.canaries` decides: scores are the log-losses
         of isolated samples, standardised within each class by the samples confusion erased
-        (not isolated: never below the cut); a suspected class loses all its isolated samples,
-        as in the paper (docs/ct.md says why not only those below the cut).
+        (not isolated: never below the cut); a suspected class loses its samples below the
+        :data:`FLAG_SHARE` quantile of the canaries (docs/ct.md, "The test", step 4, says why
+        neither all its isolated samples, as in the paper, nor only those below every canary).
         """
         logits, feats = infer(model, data.images, prep, features=True)
         labels = data.labels.cpu().numpy()
@@ -217,7 +222,7 @@ class ConfusionTraining:
             z[~isolated[d]], canary_z[~isolated[k]] = np.inf, np.inf
             flagged, suspected, stats, notes = canary_class_test(z, labels[d], canary_z, labels[k], c, self.alpha,
                                                                  isolated[d], isolated[k], class_names=data.classes,
-                                                                 flag_fitted=True)
+                                                                 flag_share=FLAG_SHARE)
             evidence, spread = set_wide_evidence(int((z < canary_z.min()).sum()), len(z), len(canary_z), suspected,
                                                  self.alpha)
             notes.extend(spread)
