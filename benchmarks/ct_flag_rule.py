@@ -8,7 +8,7 @@ in each run (every sample's standardised score and whether the confused model st
 same for the canaries, and the poison truth), and replays the runs under each flagging rule:
 
 * ``fitted``: every sample of a suspected class that the confused model still predicts as its label
-  (the CT paper's rule; what ``ct`` did before this measurement);
+  (the CT paper's rule; what ``ct`` did before this measurement, which chose ``below 0.02``);
 * ``below q``: the samples of a suspected class whose score lies below the ``k``-th lowest canary
   score, ``k = max(1, floor(q (M + 1)))`` of the ``M`` canaries the class was tested against (all
   classes' canaries, or its own where the test used its own). A clean sample exchangeable with the
@@ -41,6 +41,7 @@ def record_run(name: str, attack: str, per_class: int, seed: int, args, out: Pat
 
     import sanitize.detectors.ct.detector as ct_detector
     from sanitize import ct
+    from sanitize.detectors.ct.detector import FLAG_SHARE
 
     args.attack = None if attack == "clean" else attack.removesuffix("-a2a")
     args.constrained, args.all_to_all = False, attack.endswith("-a2a")
@@ -68,7 +69,8 @@ def record_run(name: str, attack: str, per_class: int, seed: int, args, out: Pat
         result = ct(data, reserve, seed=seed, device=device)
     finally:
         ct_detector.canary_class_test = original
-    assert np.array_equal(result.flagged, flags(seen, "fitted")), "the replay must reproduce ct's own flags"
+    own_rule = f"below {FLAG_SHARE:g}"
+    assert np.array_equal(result.flagged, flags(seen, own_rule)), "the replay must reproduce ct's own flags"
     np.savez(out, truth=truth, **seen)
 
 
