@@ -35,6 +35,17 @@ class DetectionResult:
         if self.scores.shape != self.flagged.shape:
             raise ValueError("scores and flagged must have one entry per sample")
 
+    def finish(self, *, timings: dict[str, float], seed: int, device: str, settings: dict[str, Any],
+               notes_first: list[str] | tuple[str, ...] = ()) -> DetectionResult:
+        """Every detector's epilogue: how the run was made (timings, seed, device, settings), so that
+        reports read the same fields from every detector. Settings the decision already recorded
+        (e.g. the set-wide test) are kept after the detector's own; ``notes_first`` go before the
+        decision's notes (what was found about the inputs comes first)."""
+        self.timings, self.seed, self.device = dict(timings), seed, device
+        self.settings = {**settings, **self.settings}
+        self.notes[:0] = list(notes_first)
+        return self
+
     @property
     def n_flagged(self) -> int:
         return int(self.flagged.sum())

@@ -190,13 +190,12 @@ def main(argv: list[str] | None = None) -> None:
         line, code = stopped(exc)
         stderr.print(line, markup=False)
         sys.exit(code)
+    except typer.Exit as exc:  # Click's own Exit in Typer releases that use Click, Typer's where it vendors it
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        stderr.print(INTERRUPTED, markup=False)
+        sys.exit(EXIT_INTERRUPTED)
     except Exception as exc:
-        kind = type(exc).__name__
-        if kind == "Exit":
-            sys.exit(getattr(exc, "exit_code", 0))
-        if kind == "Abort":
-            stderr.print(INTERRUPTED, markup=False)
-            sys.exit(EXIT_INTERRUPTED)
         message = _usage_error_message(exc)
         if message is None:
             _crash(exc)

@@ -189,15 +189,14 @@ class ASSET:
         n = len(flagged)  # the inspected samples, without the canaries
         own_p = own_canary_p_values(losses, labels, n, inp.num_classes) if inp.n_canaries else None
         result = self._result(inp, losses[:n], flagged, labels[:n], class_shift, self.alpha, own_p)
-        result.timings = timer.timings
-        result.seed = self.seed
-        result.device = describe(device)
-        result.settings = {"schedule": schedule.name, "arch": inp.arch, **_schedule_settings(schedule),
-                           "offset_steps": log.steps,
-                           "empty_selections": log.empty_selections, "selected_total": log.selected,
-                           **({"global_selected": log.global_selected} if log.global_selected is not None else {}),
-                           "canaries": inp.n_canaries, "threshold": cut, **inp.settings,
-                           "precision": PRECISION[device.type == "cuda"], **result.settings}
+        result.finish(timings=timer.timings, seed=self.seed, device=describe(device),
+                      settings={"schedule": schedule.name, "arch": inp.arch, **_schedule_settings(schedule),
+                                "offset_steps": log.steps,
+                                "empty_selections": log.empty_selections, "selected_total": log.selected,
+                                **({"global_selected": log.global_selected} if log.global_selected is not None
+                                   else {}),
+                                "canaries": inp.n_canaries, "threshold": cut, **inp.settings,
+                                "precision": PRECISION[device.type == "cuda"]})
         if log.empty_selections:
             result.notes.append(f"{log.empty_selections} of {log.steps} offset steps selected nothing "
                                 f"(max step skipped)")

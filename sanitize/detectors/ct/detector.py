@@ -170,19 +170,17 @@ class ConfusionTraining:
         with timer("detect"), progress.phase("detect", 1) as adv:
             result = self._decide(model, data, prep, n_inspected)
             adv()
-        result.timings = timer.timings
-        result.seed = self.seed
-        result.device = describe(device)
-        result.settings = {"schedule": schedule.name, "arch": arch,
-                           "rounds": [asdict(s) for s in schedule.rounds],
-                           "batch_size": schedule.batch_size,
-                           "base_model": schedule.base is not None,
-                           "canaries": n - n_inspected,
-                           "class_test": "canaries" if n > n_inspected else "likelihood ratio (the paper's)",
-                           **({"alpha": self.alpha, "flag_share": FLAG_SHARE} if n > n_inspected else {}),
-                           **({"reserve_check": fit.as_dict()} if fit else {}),
-                           "precision": PRECISION[device.type == "cuda"], **result.settings}
-        result.notes[:0] = fit.notes if fit else []
+        result.finish(timings=timer.timings, seed=self.seed, device=describe(device),
+                      notes_first=fit.notes if fit else [],
+                      settings={"schedule": schedule.name, "arch": arch,
+                                "rounds": [asdict(s) for s in schedule.rounds],
+                                "batch_size": schedule.batch_size,
+                                "base_model": schedule.base is not None,
+                                "canaries": n - n_inspected,
+                                "class_test": "canaries" if n > n_inspected else "likelihood ratio (the paper's)",
+                                **({"alpha": self.alpha, "flag_share": FLAG_SHARE} if n > n_inspected else {}),
+                                **({"reserve_check": fit.as_dict()} if fit else {}),
+                                "precision": PRECISION[device.type == "cuda"]})
         if self.arch == "auto":
             result.notes.append(f"--arch auto chose {arch} for {describe(device)} at "
                                 f"{data.size[0]}x{data.size[1]} px")

@@ -313,16 +313,13 @@ class FeatureConfusionTraining:
         with timer("detect"), progress.phase("detect", 1) as adv:
             result = self._decide(model, data, pool, prep)
             adv()
-        result.timings = timer.timings
-        result.seed = self.seed
-        result.device = describe(device)
-        result.settings = {"schedule": schedule.name, "arch": "ember_mlp", "cut": self.cut,
-                           "rounds": [asdict(s) for s in schedule.rounds], "batch_size": schedule.batch_size,
-                           "lambda": schedule.lam, "alpha": self.alpha, "canaries": len(canaries),
-                           "standardisation": "(x - mean) / (std + 0.1)", "precision": "float32",
-                           **({"reserve_check": fit.as_dict()} if fit else {}), **result.settings}
-        result.notes[:0] = fit.notes if fit else []
-        return result
+        return result.finish(
+            timings=timer.timings, seed=self.seed, device=describe(device), notes_first=fit.notes if fit else [],
+            settings={"schedule": schedule.name, "arch": "ember_mlp", "cut": self.cut,
+                      "rounds": [asdict(s) for s in schedule.rounds], "batch_size": schedule.batch_size,
+                      "lambda": schedule.lam, "alpha": self.alpha, "canaries": len(canaries),
+                      "standardisation": "(x - mean) / (std + 0.1)", "precision": "float32",
+                      **({"reserve_check": fit.as_dict()} if fit else {})})
 
     def _decide(self, model: Classifier, data: FeatureDataset, pool: RowPool, prep: Standardise) -> DetectionResult:
         losses_t, logits = pool.losses(model, prep)

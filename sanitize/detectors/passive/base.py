@@ -126,11 +126,10 @@ class PassiveDetector:
         # A detector may time phases of its own inside score() (e.g. a retraining); they are
         # reported beside "score", which keeps the rest, so the phases still sum to the run.
         own = result.timings
-        result.timings = {("load cached model" if trained.cached else "train model"): model_seconds,
-                          "score": max(0.0, time.perf_counter() - start - sum(own.values())), **own}
-        result.seed = self.seed
-        result.device = describe(device)
-        result.settings = {**self.own_settings(), **trained.settings(), "reserve": reserve is not None}
+        result.finish(timings={("load cached model" if trained.cached else "train model"): model_seconds,
+                               "score": max(0.0, time.perf_counter() - start - sum(own.values())), **own},
+                      seed=self.seed, device=describe(device),
+                      settings={**self.own_settings(), **trained.settings(), "reserve": reserve is not None})
         if trained.cached:
             result.notes.append(f"model loaded from the cache (trained in {trained.train_seconds:.1f} s "
                                 f"by an earlier run)")
