@@ -50,3 +50,6 @@ def test_clean_digits_with_a_small_reserve_pass_the_gate(clean_folders, command:
     assert summary["flagged_fraction"] <= 0.01 and summary["suspected_classes"] == []
     assert summary["settings"]["canaries"] > 0
     assert all("p_value" in c and "p_value_own" in c for c in report["classes"])
+    # A pass says what the class test cannot see (poison spread over every class), with the evidence.
+    assert summary["settings"]["set_wide"]["p_value"] >= 1e-3
+    assert any("all-to-all attack) can pass it" in note for note in summary["notes"])
