@@ -25,7 +25,6 @@ The class decision is the same under every rule; only the suspected classes' fla
 from __future__ import annotations
 
 import argparse
-import math
 from collections import defaultdict
 from pathlib import Path
 
@@ -33,6 +32,7 @@ import numpy as np
 from common import DEFAULT_DATA_DIR, pick_device, use_threads
 
 RULES = ("fitted", "below 0", "below 0.01", "below 0.02", "below 0.05")
+ALPHA = 1e-3  # ct's default, which the recorded runs used
 
 
 def record_run(name: str, attack: str, per_class: int, seed: int, args, out: Path) -> None:
@@ -75,19 +75,16 @@ def record_run(name: str, attack: str, per_class: int, seed: int, args, out: Pat
 
 
 def flags(run, rule: str) -> np.ndarray:
-    """The samples ``rule`` flags in the suspected classes of one recorded run."""
-    flagged = np.zeros(len(run["scores"]), dtype=bool)
-    for c in run["suspected"]:
-        mine = run["labels"] == c
-        if rule == "fitted":
-            flagged |= mine & run["fitted"]
-            continue
-        q = float(rule.split()[1])
-        pool = run["canary_scores"][run["canary_labels"] == c] if run["own"][c] else run["canary_scores"]
-        ordered = np.sort(pool)
-        k = max(1, math.floor(q * (len(pool) + 1)))
-        flagged |= mine & (run["scores"] < ordered[min(k, len(ordered)) - 1])
-    return flagged
+    """The samples ``rule`` flags in one recorded run, the classes decided by today's class test
+    (``sanitize.detectors.canaries``) on the recorded inputs."""
+    from sanitize.detectors.canaries import canary_class_test
+
+    share = 0.0 if rule == "fitted" else float(rule.split()[1])
+    num_classes = int(max(run["labels"].max(), run["canary_labels"].max())) + 1
+    flagged, suspected, _, _ = canary_class_test(run["scores"], run["labels"], run["canary_scores"],
+                                                 run["canary_labels"], num_classes, ALPHA, run["fitted"],
+                                                 run["canary_fitted"], flag_share=share)
+    return np.isin(run["labels"], suspected) & run["fitted"] if rule == "fitted" else flagged
 
 
 def table(folder: Path) -> list[str]:
@@ -114,14 +111,20 @@ def table(folder: Path) -> list[str]:
 def run_lines(folder: Path) -> list[str]:
     """Per recorded run: the suspected classes and the set-wide count below the lowest canary with
     its exact tail p (what a spread-out, all-to-all poisoning would show, if anything)."""
-    from sanitize.detectors.canaries import below_lowest_canary_p
+    from sanitize.detectors.canaries import below_lowest_canary_p, canary_class_test, pooled_canaries
 
-    rows = ["| run | suspected | poison | below the cut (poison) | set-wide p |", "|---|---|---|---|---|"]
+    rows = ["| run | suspected (recorded / today's test) | poison | below the pooled cut (poison) | set-wide p |",
+            "|---|---|---|---|---|"]
     for path in sorted(folder.glob("*.npz")):
         run = np.load(path)
-        below = run["scores"] < run["canary_scores"].min()
-        k, n, m = int(below.sum()), len(below), len(run["canary_scores"])
-        rows.append(f"| {path.stem} | {run['suspected'].tolist()} | {int(run['truth'].sum())} | "
+        num_classes = int(max(run["labels"].max(), run["canary_labels"].max())) + 1
+        today = canary_class_test(run["scores"], run["labels"], run["canary_scores"], run["canary_labels"],
+                                  num_classes, ALPHA, run["fitted"], run["canary_fitted"])[1]
+        pool = pooled_canaries(run["canary_labels"], run["canary_fitted"], num_classes)
+        mine = np.isin(run["labels"], np.unique(run["canary_labels"][pool]))
+        below = mine & (run["scores"] < run["canary_scores"][pool].min())
+        k, n, m = int(below.sum()), int(mine.sum()), int(pool.sum())
+        rows.append(f"| {path.stem} | {run['suspected'].tolist()} / {today} | {int(run['truth'].sum())} | "
                     f"{k} ({int((below & run['truth']).sum())}) | {below_lowest_canary_p(n, k, m):.2g} |")
     return rows
 

@@ -12,6 +12,7 @@ from sanitize.detectors.canaries import (
     class_robust_z,
     detectable_count,
     flag_cut,
+    pooled_canaries,
     set_wide_evidence,
     share_notes,
 )
@@ -79,6 +80,21 @@ def test_a_class_whose_canaries_stay_fitted_is_tested_against_its_own() -> None:
     assert stats[1]["canary_pool"] == "own" and stats[1]["n_canaries_fitted"] == 30
     assert stats[0]["canary_pool"] == "all classes" and stats[1]["homogeneity_p"] < 1e-6
     assert len(notes) == 1 and "own canaries only" in notes[0]
+
+
+def test_a_class_left_fitted_does_not_set_the_other_classes_cut() -> None:
+    """GTSRB's failure (docs/benchmarks.md): a small class that confusion left fitted, canaries and
+    all, sat far below the poison of the target class; the pooled cut came from its canaries and
+    the poison had nothing below it. Its canaries now leave the pool."""
+    z, labels, cz, canary_labels, fitted, canary_fitted = resistant_run(np.random.default_rng(4), poison=40)
+    left = canary_labels == 5
+    cz[left], canary_fitted[left] = cz[np.isfinite(cz)].min() - 50, True  # class 5: every canary fitted, far down
+    fitted_5 = labels == 5
+    z[fitted_5], fitted[fitted_5] = cz[left].min() + 1, True
+    flagged, suspected, stats, _ = canary_class_test(z, labels, cz, canary_labels, 10, 1e-3, fitted, canary_fitted)
+    assert stats[5]["canary_pool"] == "own" and 5 not in suspected
+    assert suspected == [0] and flagged[:40].all()
+    assert not pooled_canaries(canary_labels, canary_fitted, 10)[left].any()
 
 
 def resistant_run(rng: np.random.Generator, poison: int = 0, classes: int = 10, n: int = 160, m: int = 10):

@@ -31,7 +31,7 @@ own canaries agree at :data:`OWN_LEVEL` too: that test is exact for a clean clas
 confusion did to it, so it bounds the false alarms per class where the pooling fails, while the
 pooled test keeps them at ``alpha`` where it holds. A class whose canaries visibly stayed fitted
 more often than the rest (:func:`fitted_homogeneity_p`) is tested against its own canaries
-only, at the full level. The own test is what limits power on small reserves: poison must be
+only, at the full level, and its canaries leave the pool (:func:`pooled_canaries`). The own test is what limits power on small reserves: poison must be
 more than about ``1 - OWN_LEVEL ** (1 / m)`` of its class, 26 % with 10 canaries of its own.
 Classes without canaries cannot be named.
 """
@@ -122,6 +122,28 @@ def fitted_homogeneity_p(own_fitted: int, own: int, all_fitted: int, total: int)
     return float(fisher_exact(table, alternative="greater")[1])
 
 
+def pooled_canaries(canary_labels: np.ndarray, canary_fitted: np.ndarray | None, num_classes: int) -> np.ndarray:
+    """The canaries the pooled test borrows: those of every class whose canaries did not stay
+    fitted more often than the rest's (:func:`fitted_homogeneity_p`).
+
+    A class that visibly breaks the pooling is tested against its own canaries only, and its
+    canaries must not set the others' cut either: confusion that leaves a class fitted also
+    leaves its canaries far below every other class's (on 3,000 GTSRB images, a small class's
+    fitted canaries sat at robust z -29 against -17 for the BadNet poison of class 0, which then
+    had no sample below the cut).
+    """
+    if canary_fitted is None:
+        return np.ones(len(canary_labels), dtype=bool)
+    total, all_fitted = len(canary_labels), int(canary_fitted.sum())
+    keep = np.ones(len(canary_labels), dtype=bool)
+    for c in range(num_classes):
+        theirs = canary_labels == c
+        own_fitted = int(canary_fitted[theirs].sum())
+        if fitted_homogeneity_p(own_fitted, int(theirs.sum()), all_fitted, total) < HOMOGENEITY_LEVEL:
+            keep &= ~theirs
+    return keep
+
+
 def flag_cut(canary_scores: np.ndarray, share: float) -> float:
     """The ``k``-th lowest canary score, ``k = max(1, floor(share * (m + 1)))`` of ``m`` canaries.
 
@@ -148,14 +170,17 @@ def canary_class_test(scores: np.ndarray, labels: np.ndarray, canary_scores: np.
     against its own canaries below :data:`OWN_LEVEL`. ``fitted`` / ``canary_fitted``
     (optional): whether the model still predicts each sample's label after confusion; a class
     whose canaries stayed fitted more often than the others' (:func:`fitted_homogeneity_p`) is
-    tested against its own canaries only, at the full level. A suspected class loses its
+    tested against its own canaries only, at the full level, and its canaries leave the pool
+    (:func:`pooled_canaries`). A suspected class loses its
     samples below the ``k``-th lowest score of the canaries it was tested against (:func:`flag_cut`,
     ``k`` from ``flag_share``; 0: the lowest canary, the cut). ``class_names`` name the classes
     in notes.
     """
     names = class_names or [str(c) for c in range(num_classes)]
     m_total = len(canary_scores)
-    cut = float(canary_scores.min()) if len(canary_scores) else -np.inf
+    in_pool = pooled_canaries(canary_labels, canary_fitted, num_classes)
+    m_pool = int(in_pool.sum())
+    cut = float(canary_scores[in_pool].min()) if m_pool else -np.inf
     tested = [c for c in range(num_classes) if (labels == c).any()]
     level = alpha / max(1, len(tested))
     all_fitted = int(canary_fitted.sum()) if canary_fitted is not None else 0
@@ -176,9 +201,9 @@ def canary_class_test(scores: np.ndarray, labels: np.ndarray, canary_scores: np.
         pooled = homogeneity >= HOMOGENEITY_LEVEL
         if pooled:
             k = int((mine & (scores < cut)).sum())
-            p_value = below_lowest_canary_p(n, k, m_total)
+            p_value = below_lowest_canary_p(n, k, m_pool)
             is_suspect = bool(n and p_value < level and p_own < OWN_LEVEL)
-            detectable = detectable_count(n, m_total, level) if n else None
+            detectable = detectable_count(n, m_pool, level) if n else None
         else:
             k, p_value = k_own, p_own
             is_suspect = bool(n and p_own < level)
@@ -191,12 +216,24 @@ def canary_class_test(scores: np.ndarray, labels: np.ndarray, canary_scores: np.
                      detectable_count=detectable, suspected=is_suspect)
         if is_suspect:
             suspected.append(c)
-            flagged |= mine & (scores < flag_cut(canary_scores if pooled else canary_scores[theirs], flag_share))
+            flagged |= mine & (scores < flag_cut(canary_scores[in_pool if pooled else theirs], flag_share))
         stats.append(entry)
     return flagged, suspected, stats, notes
 
 
 ALL_TO_ALL_DOC = "docs/ct.md#all-to-all-attacks"
+
+
+def below_pooled_cut(scores: np.ndarray, labels: np.ndarray, canary_scores: np.ndarray, canary_labels: np.ndarray,
+                     canary_fitted: np.ndarray | None, num_classes: int) -> tuple[int, int, int]:
+    """``(k, n, m)`` for :func:`set_wide_evidence`: the samples of the pooled classes, those of them
+    below every pooled canary, and the pooled canaries (:func:`pooled_canaries`)."""
+    in_pool = pooled_canaries(canary_labels, canary_fitted, num_classes)
+    if not in_pool.any():
+        return 0, 0, 0
+    classes = np.unique(canary_labels[in_pool])
+    mine = np.isin(labels, classes)
+    return int((mine & (scores < canary_scores[in_pool].min())).sum()), int(mine.sum()), int(in_pool.sum())
 
 
 def set_wide_evidence(n_beyond: int, n: int, m: int, suspected: list[int], alpha: float,

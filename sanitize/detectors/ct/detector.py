@@ -28,6 +28,7 @@ from ...progress import Progress, Silent
 from ...result import DetectionResult
 from ..canaries import (
     DEFAULT_ALPHA,
+    below_pooled_cut,
     canary_class_test,
     check_alpha,
     class_robust_z,
@@ -221,8 +222,8 @@ class ConfusionTraining:
             flagged, suspected, stats, notes = canary_class_test(z, labels[d], canary_z, labels[k], c, self.alpha,
                                                                  isolated[d], isolated[k], class_names=data.classes,
                                                                  flag_share=FLAG_SHARE)
-            evidence, spread = set_wide_evidence(int((z < canary_z.min()).sum()), len(z), len(canary_z), suspected,
-                                                 self.alpha)
+            evidence, spread = set_wide_evidence(*below_pooled_cut(z, labels[d], canary_z, labels[k], isolated[k], c),
+                                                 suspected, self.alpha)
             notes.extend(spread)
         for entry, ratio in zip(stats, ratios, strict=True):
             entry["likelihood_ratio"] = float(ratio)

@@ -42,6 +42,7 @@ from ...progress import Progress, Silent
 from ...result import DetectionResult
 from ..canaries import (
     DEFAULT_ALPHA,
+    below_pooled_cut,
     canary_class_test,
     check_alpha,
     class_robust_z,
@@ -348,8 +349,8 @@ class FeatureConfusionTraining:
                                                                    self.alpha, fitted[d], fitted[k],
                                                                    class_names=data.classes)
             notes.extend(share_notes(flagged_l, labels[d], suspected, data.classes))
-            evidence, spread = set_wide_evidence(int((z < canary_z.min()).sum()), len(z), len(canary_z), suspected,
-                                                 self.alpha)
+            evidence, spread = set_wide_evidence(*below_pooled_cut(z, labels[d], canary_z, labels[k], fitted[k],
+                                                                    data.num_classes), suspected, self.alpha)
             notes.extend(spread)
         # score: probability the confused model gives the row's own label (higher = more suspicious)
         scores = np.zeros(len(data))
