@@ -120,7 +120,7 @@ def run_lines(folder: Path) -> list[str]:
         num_classes = int(max(run["labels"].max(), run["canary_labels"].max())) + 1
         today = canary_class_test(run["scores"], run["labels"], run["canary_scores"], run["canary_labels"],
                                   num_classes, ALPHA, run["fitted"], run["canary_fitted"])[1]
-        pool = pooled_canaries(run["canary_labels"], run["canary_fitted"], num_classes)
+        pool = pooled_canaries(run["canary_scores"], run["canary_labels"], run["canary_fitted"], num_classes)
         mine = np.isin(run["labels"], np.unique(run["canary_labels"][pool]))
         below = mine & (run["scores"] < run["canary_scores"][pool].min())
         k, n, m = int(below.sum()), int(mine.sum()), int(pool.sum())

@@ -94,7 +94,7 @@ def test_a_class_left_fitted_does_not_set_the_other_classes_cut() -> None:
     flagged, suspected, stats, _ = canary_class_test(z, labels, cz, canary_labels, 10, 1e-3, fitted, canary_fitted)
     assert stats[5]["canary_pool"] == "own" and 5 not in suspected
     assert suspected == [0] and flagged[:40].all()
-    assert not pooled_canaries(canary_labels, canary_fitted, 10)[left].any()
+    assert not pooled_canaries(cz, canary_labels, canary_fitted, 10)[left].any()
 
 
 def resistant_run(rng: np.random.Generator, poison: int = 0, classes: int = 10, n: int = 160, m: int = 10):

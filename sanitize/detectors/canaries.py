@@ -31,7 +31,8 @@ own canaries agree at :data:`OWN_LEVEL` too: that test is exact for a clean clas
 confusion did to it, so it bounds the false alarms per class where the pooling fails, while the
 pooled test keeps them at ``alpha`` where it holds. A class whose canaries visibly stayed fitted
 more often than the rest (:func:`fitted_homogeneity_p`) is tested against its own canaries
-only, at the full level, and its canaries leave the pool (:func:`pooled_canaries`). The own test is what limits power on small reserves: poison must be
+only, at the full level, and those of its canaries that lie below every other class's leave
+the pool (:func:`pooled_canaries`). The own test is what limits power on small reserves: poison must be
 more than about ``1 - OWN_LEVEL ** (1 / m)`` of its class, 26 % with 10 canaries of its own.
 Classes without canaries cannot be named.
 """
@@ -122,25 +123,30 @@ def fitted_homogeneity_p(own_fitted: int, own: int, all_fitted: int, total: int)
     return float(fisher_exact(table, alternative="greater")[1])
 
 
-def pooled_canaries(canary_labels: np.ndarray, canary_fitted: np.ndarray | None, num_classes: int) -> np.ndarray:
-    """The canaries the pooled test borrows: those of every class whose canaries did not stay
-    fitted more often than the rest's (:func:`fitted_homogeneity_p`).
+def pooled_canaries(canary_scores: np.ndarray, canary_labels: np.ndarray, canary_fitted: np.ndarray | None,
+                    num_classes: int) -> np.ndarray:
+    """The canaries the pooled test borrows: all but those of a class that visibly breaks the
+    pooling (its canaries stayed fitted more often than the rest's, :func:`fitted_homogeneity_p`)
+    which lie below every canary of the other classes.
 
-    A class that visibly breaks the pooling is tested against its own canaries only, and its
-    canaries must not set the others' cut either: confusion that leaves a class fitted also
-    leaves its canaries far below every other class's (on 3,000 GTSRB images, a small class's
-    fitted canaries sat at robust z -29 against -17 for the BadNet poison of class 0, which then
-    had no sample below the cut).
+    Such a class is tested against its own canaries only, and its outlying canaries must not set
+    the others' cut: on 3,000 GTSRB images a small class that confusion left fitted had canaries
+    at robust z -29, against -17 to -20 for the BadNet poison of class 0, which then had no sample
+    below the cut. Its canaries that lie among the others' stay in the pool (dropping them all
+    halves the pool of a two-class set such as EMBER's, and with it the test's power).
     """
-    if canary_fitted is None:
-        return np.ones(len(canary_labels), dtype=bool)
-    total, all_fitted = len(canary_labels), int(canary_fitted.sum())
     keep = np.ones(len(canary_labels), dtype=bool)
+    if canary_fitted is None:
+        return keep
+    total, all_fitted = len(canary_labels), int(canary_fitted.sum())
+    broken = np.zeros(len(canary_labels), dtype=bool)
     for c in range(num_classes):
         theirs = canary_labels == c
         own_fitted = int(canary_fitted[theirs].sum())
         if fitted_homogeneity_p(own_fitted, int(theirs.sum()), all_fitted, total) < HOMOGENEITY_LEVEL:
-            keep &= ~theirs
+            broken |= theirs
+    if broken.any() and not broken.all():
+        keep = ~broken | (canary_scores >= canary_scores[~broken].min())
     return keep
 
 
@@ -170,15 +176,15 @@ def canary_class_test(scores: np.ndarray, labels: np.ndarray, canary_scores: np.
     against its own canaries below :data:`OWN_LEVEL`. ``fitted`` / ``canary_fitted``
     (optional): whether the model still predicts each sample's label after confusion; a class
     whose canaries stayed fitted more often than the others' (:func:`fitted_homogeneity_p`) is
-    tested against its own canaries only, at the full level, and its canaries leave the pool
-    (:func:`pooled_canaries`). A suspected class loses its
+    tested against its own canaries only, at the full level, and its canaries below every other
+    class's leave the pool (:func:`pooled_canaries`). A suspected class loses its
     samples below the ``k``-th lowest score of the canaries it was tested against (:func:`flag_cut`,
     ``k`` from ``flag_share``; 0: the lowest canary, the cut). ``class_names`` name the classes
     in notes.
     """
     names = class_names or [str(c) for c in range(num_classes)]
     m_total = len(canary_scores)
-    in_pool = pooled_canaries(canary_labels, canary_fitted, num_classes)
+    in_pool = pooled_canaries(canary_scores, canary_labels, canary_fitted, num_classes)
     m_pool = int(in_pool.sum())
     cut = float(canary_scores[in_pool].min()) if m_pool else -np.inf
     tested = [c for c in range(num_classes) if (labels == c).any()]
@@ -228,7 +234,7 @@ def below_pooled_cut(scores: np.ndarray, labels: np.ndarray, canary_scores: np.n
                      canary_fitted: np.ndarray | None, num_classes: int) -> tuple[int, int, int]:
     """``(k, n, m)`` for :func:`set_wide_evidence`: the samples of the pooled classes, those of them
     below every pooled canary, and the pooled canaries (:func:`pooled_canaries`)."""
-    in_pool = pooled_canaries(canary_labels, canary_fitted, num_classes)
+    in_pool = pooled_canaries(canary_scores, canary_labels, canary_fitted, num_classes)
     if not in_pool.any():
         return 0, 0, 0
     classes = np.unique(canary_labels[in_pool])
