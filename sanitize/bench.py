@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from . import __version__
-from .attacks import ATTACK_INFO, ATTACKS, PoisonedSet, apply_trigger_to_test
+from .attacks import ATTACK_INFO, ATTACKS, PoisonedSet, Surrogate, apply_trigger_to_test, run_attack
 from .attacks.catalog import attack_variant, variant_names
 from .data.images import ImageDataset
 from .detectors import detector_class, get_detector
@@ -92,10 +92,13 @@ class BenchConfig:
         return ATTACK_INFO[attack_variant(attack)[0]].default_rate if self.rate is None else self.rate
 
 
-def poison(clean: ImageDataset, attack: str, rate: float, target: int, seed: int) -> PoisonedSet:
-    """``attack`` on ``clean``; ``NAME-all-to-all`` is NAME with every class relabelled to the next."""
+def poison(clean: ImageDataset, attack: str, rate: float, target: int, seed: int,
+           surrogate: Surrogate | None = None) -> PoisonedSet:
+    """``attack`` on ``clean``; ``NAME-all-to-all`` is NAME with every class relabelled to the next.
+    ``surrogate``: how the attacks that train a model (cl, narcissus) train it."""
     name, all_to_all = attack_variant(attack)
-    return ATTACKS[name](clean, rate, target=target, seed=seed, **({"all_to_all": True} if all_to_all else {}))
+    return run_attack(name, clean, rate, target, seed, surrogate=surrogate,
+                      **({"all_to_all": True} if all_to_all else {}))
 
 
 def _write_text(path: Path, text: str) -> None:
@@ -152,6 +155,11 @@ class Bench:
         return cell if cell.get("fingerprint") == self.fingerprint(attack, detector, seed) else None
 
     # -- the work ----------------------------------------------------------------------------------
+    def surrogate(self) -> Surrogate:
+        """The model settings of the bench, for the attacks that train their own model."""
+        return Surrogate(device=self.device, arch=self.config.arch, cache_dir=self.config.cache_dir,
+                         progress=self.progress)
+
     def run(self) -> dict[str, Any]:
         rows = []
         for attack in self.config.attacks:
@@ -162,7 +170,7 @@ class Bench:
                     if cell is None:
                         if poisoned is None:
                             poisoned = poison(self.clean, attack, self.config.rate_for(attack),
-                                              self.config.target, seed)
+                                              self.config.target, seed, self.surrogate())
                         self.log(f"{attack} x {detector} x seed {seed}: running")
                         cell = self.run_cell(poisoned, attack, detector, seed)
                         _write_text(self.cell_path(attack, detector, seed), json.dumps(cell, indent=1) + "\n")

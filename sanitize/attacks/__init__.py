@@ -13,7 +13,7 @@ from collections.abc import Callable
 from importlib import import_module
 from typing import Any
 
-from .catalog import ATTACK_INFO, FEATURE_ATTACK_INFO, AttackInfo
+from .catalog import ATTACK_ALIASES, ATTACK_INFO, FEATURE_ATTACK_INFO, AttackInfo, canonical_attack
 
 # name -> module; loaded on first use (PEP 562), so that the catalog above (all the command line
 # needs for --help and option checks) does not import torch.
@@ -22,13 +22,26 @@ _LAZY = {
     "choose_poison_indices": "base", "load_trigger": "base",
     "adap_blend": "blend", "blend": "blend", "ember_explanation": "ember_explanation",
     "adap_patch": "patch", "badnet": "patch", "trojan": "patch", "sig": "sig", "tact": "tact", "wanet": "wanet",
+    "cl": "cl", "dynamic": "dynamic", "issba": "issba", "narcissus": "narcissus",
+    "Surrogate": "surrogate",
 }
 # attack name -> function name, for ATTACKS and FEATURE_ATTACKS
 _IMAGE_ATTACKS = {"badnet": "badnet", "blend": "blend", "trojan": "trojan", "sig": "sig", "wanet": "wanet",
-                  "tact": "tact", "adap-blend": "adap_blend", "adap-patch": "adap_patch"}
+                  "tact": "tact", "adap-blend": "adap_blend", "adap-patch": "adap_patch", "cl": "cl",
+                  "dynamic": "dynamic", "issba": "issba", "narcissus": "narcissus"}
 _FEATURE_ATTACKS = {"ember-explanation": "ember_explanation"}
 
 Attack = Callable[..., Any]
+
+
+def run_attack(name: str, dataset: Any, rate: float, target: int = 0, seed: int = 0, *, surrogate: Any = None,
+               **params: Any) -> Any:
+    """``ATTACKS[name](dataset, rate, target, seed, **params)``, handing ``surrogate`` (a
+    :class:`~.surrogate.Surrogate`: device, cache, progress) to the attacks that train a model."""
+    name = canonical_attack(name)
+    if ATTACK_INFO[name].trains_model and surrogate is not None:
+        params["surrogate"] = surrogate
+    return __getattr__("ATTACKS")[name](dataset, rate, target=target, seed=seed, **params)
 
 
 def __getattr__(name: str) -> Any:
@@ -44,7 +57,8 @@ def __getattr__(name: str) -> Any:
     return value
 
 
-__all__ = ["ATTACKS", "ATTACK_INFO", "FEATURE_ATTACKS", "FEATURE_ATTACK_INFO", "Attack", "AttackInfo",
-           "PoisonedSet", "Stamp", "adap_blend", "adap_patch", "apply_trigger_to_test", "badnet", "blend",
-           "choose_cover_indices", "choose_poison_indices", "ember_explanation", "load_trigger", "sig", "tact",
-           "trojan", "wanet"]
+__all__ = ["ATTACKS", "ATTACK_ALIASES", "ATTACK_INFO", "FEATURE_ATTACKS", "FEATURE_ATTACK_INFO", "Attack",
+           "AttackInfo", "PoisonedSet", "Stamp", "Surrogate", "adap_blend", "adap_patch", "apply_trigger_to_test",
+           "badnet", "blend", "canonical_attack", "choose_cover_indices", "choose_poison_indices", "cl",
+           "dynamic", "ember_explanation", "issba", "load_trigger", "narcissus", "run_attack", "sig", "tact", "trojan",
+           "wanet"]

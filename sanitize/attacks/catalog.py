@@ -20,6 +20,7 @@ class AttackInfo:
     custom_trigger: bool = False
     has_source: bool = False
     all_to_all: bool = False  # takes all_to_all=True: every class's samples, label y -> y + 1 mod C
+    trains_model: bool = False  # trains what it needs here (takes surrogate=, see attacks.surrogate)
     summary: str = ""
 
 
@@ -41,8 +42,25 @@ ATTACK_INFO: dict[str, AttackInfo] = {
                    summary="half-masked 15 % blend on poison and covers; full 20 % at test"),
         AttackInfo("adap-patch", "adaptive", 0.003, 0.006,
                    summary="four partial-opacity patches on poison and covers; all four at test"),
+        AttackInfo("cl", "clean label", 0.003, trains_model=True,
+                   summary="target-class images made hard by PGD (8/255), four corner patches, labels kept"),
+        AttackInfo("dynamic", "input-specific", 0.003, 0.003, trains_model=True,
+                   summary="trigger generated per image by a network trained here; cross-trigger covers"),
+        AttackInfo("issba", "invisible (dirty label)", 0.02, trains_model=True,
+                   summary="a bit string hidden by a steganography encoder trained here, relabelled"),
+        AttackInfo("narcissus", "clean label", 0.005, trains_model=True,
+                   summary="optimised 16/255 trigger on target-class images, labels kept; x3 at test"),
     )
 }
+
+# Other names users know an attack by (ASSET's code calls the label-consistent attack "lc").
+ATTACK_ALIASES: dict[str, str] = {"lc": "cl"}
+
+
+def canonical_attack(name: str) -> str:
+    """The registered name of ``name`` (case-insensitive; aliases resolved; unknown names as given)."""
+    name = name.lower()
+    return ATTACK_ALIASES.get(name, name)
 
 # Attacks on feature rows (sanitize.data.rows.FeatureDataset), kept apart from the image attacks
 # above because they take other options (``constrained``, ``trigger_size``) and other inputs.
@@ -58,6 +76,7 @@ ALL_TO_ALL_SUFFIX = "-all-to-all"
 def attack_variant(name: str) -> tuple[str, bool]:
     """``(attack, all_to_all)`` of a name such as ``blend`` or ``blend-all-to-all`` (as given when
     the attack has no all-to-all variant, so that the caller's unknown-name check reports it)."""
+    name = canonical_attack(name)
     base = name.removesuffix(ALL_TO_ALL_SUFFIX)
     if base != name and base in ATTACK_INFO and ATTACK_INFO[base].all_to_all:
         return base, True

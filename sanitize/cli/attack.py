@@ -19,8 +19,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from ..attacks.catalog import ATTACK_INFO, FEATURE_ATTACK_INFO
-from ..domains import SEED_RANGE, check_fraction, parse_size, resolve_class
+from ..attacks.catalog import ATTACK_ALIASES, ATTACK_INFO, FEATURE_ATTACK_INFO, canonical_attack
+from ..domains import SEED_RANGE, check_arch, check_fraction, parse_size, resolve_class
 from ..errors import SanitizeError
 from ..output import atomic_write, claim_out_dir
 
@@ -41,7 +41,8 @@ def _attack_help() -> str:
     rows = [f"{name} ({info.default_rate:g}" + (f" + {info.default_cover_rate:g} cover" if info.default_cover_rate
                                                 else "") + ")"
             for name, info in {**ATTACK_INFO, **FEATURE_ATTACK_INFO}.items()]
-    return "Attack (default rate): " + ", ".join(rows) + ". See docs/attacks.md and docs/ember.md."
+    aliases = ", ".join(f"{alias} = {name}" for alias, name in ATTACK_ALIASES.items())
+    return ("Attack (default rate): " + ", ".join(rows) + f" ({aliases}). See docs/attacks.md and docs/ember.md.")
 
 
 def _one_out(positional: Path | None, option: Path | None) -> Path:
@@ -80,6 +81,21 @@ def check_options(name: str, rate: float | None, cover_rate: float | None, sourc
             raise SanitizeError(f"{option} {path}: no such file")
     if (test is None) != (test_out is None):
         raise SanitizeError("--test and --test-out go together")
+
+
+def check_training_options(name: str, device: str, arch: str, cache_dir: Path | None) -> None:
+    """``--device``, ``--arch`` and ``--cache-dir`` only mean something to the attacks that train a model."""
+    if ATTACK_INFO[name].trains_model:
+        from ..nn.devices import resolve_device
+
+        check_arch(arch)
+        resolve_device(device)
+        return
+    given = [flag for flag, value, default in (("--device", device, "auto"), ("--arch", arch, "auto"),
+                                                ("--cache-dir", cache_dir, None)) if value != default]
+    if given:
+        training = ", ".join(n for n, i in ATTACK_INFO.items() if i.trains_model)
+        raise SanitizeError(f"{name} trains no model; {', '.join(given)} appl(ies) to {training} only")
 
 
 def attack_params(name: str, data: ImageDataset, rate: float | None, cover_rate: float | None,
@@ -138,12 +154,20 @@ def attack_command(
     fmt_old: Annotated[str | None, typer.Option("--format", hidden=True)] = None,  # the old name, one release
     out: Annotated[Path | None, typer.Option("--out", "-o", help="New folder for the poisoned set and poison.json "
                                                                  "(or give it as OUT_DIR).")] = None,
+    device: Annotated[str, typer.Option(
+        help="cl, narcissus, dynamic, issba: where their models train (auto, cpu, cuda, cuda:N).")] = "auto",
+    arch: Annotated[str, typer.Option(
+        help="cl, narcissus, dynamic, issba: the classifier they train (auto: resnet18 on a GPU at >= 32 px, "
+             "else small_cnn).")] = "auto",
+    cache_dir: Annotated[Path | None, typer.Option(
+        "--cache-dir", help="cl, narcissus, dynamic, issba: where what they train is cached (default: "
+                            "$SANITIZE_CACHE or ~/.cache/sanitize).")] = None,
 ) -> int:
     """Poison CLEAN_DIR with a backdoor attack into --out (or OUT_DIR) and record the ground truth in poison.json."""
     out_dir = _one_out(out_dir, out)
     fmt = fmt_old if fmt_old is not None and fmt == "auto" else fmt
 
-    name = name.lower()
+    name = canonical_attack(name)
     if name in FEATURE_ATTACK_INFO:
         from .features import feature_attack
 
@@ -159,6 +183,7 @@ def attack_command(
     if constrained or trigger_size is not None or fmt != "auto":
         raise SanitizeError(f"--constrained, --trigger-size and --input-format apply to feature attacks, not {name}")
     check_options(name, rate, cover_rate, source, cover_classes, trigger, mask, test, test_out)
+    check_training_options(name, device, arch, cache_dir)
     if all_to_all and not ATTACK_INFO[name].all_to_all:
         raise SanitizeError(f"--all-to-all applies to {ALL_TO_ALL}, not {name}")
     if all_to_all and target is not None:
@@ -167,8 +192,9 @@ def attack_command(
         out = claims.enter_context(claim_out_dir(out_dir, [clean_dir, test], force, "OUT_DIR"))
         test_dest = (claims.enter_context(claim_out_dir(test_out, [clean_dir, test, out], force, "--test-out"))
                      if test_out is not None else None)
+        training = {"device": device, "arch": arch, "cache_dir": cache_dir, "quiet": quiet}
         record = _poison_and_write(name, clean_dir, out, target, seed, rate, cover_rate, source, cover_classes,
-                                   trigger, mask, test, test_dest, size, force, all_to_all)
+                                   trigger, mask, test, test_dest, size, force, all_to_all, training)
     if not quiet:
         print_attack_summary(record, out, test_dest)
     return 0
@@ -177,9 +203,9 @@ def attack_command(
 def _poison_and_write(name: str, clean_dir: Path, out: Path, target: str | None, seed: int, rate: float | None,
                       cover_rate: float | None, source: str | None, cover_classes: str | None, trigger: Path | None,
                       mask: Path | None, test: Path | None, test_dest: Path | None, size: str | None,
-                      force: bool, all_to_all: bool = False) -> dict:
+                      force: bool, all_to_all: bool = False, training: dict | None = None) -> dict:
     """Poison the clean folder and write OUT_DIR (and the triggered test copy); the poison.json record."""
-    from ..attacks import ATTACKS, apply_trigger_to_test, load_trigger
+    from ..attacks import apply_trigger_to_test, load_trigger
     from ..attacks.io import poison_record, save_stamp, write_poison_json, write_poisoned, write_triggered_test
     from ..data.images import load_image_folder, load_like
     from ..output import staged_output
@@ -190,7 +216,7 @@ def _poison_and_write(name: str, clean_dir: Path, out: Path, target: str | None,
     params = attack_params(name, data, rate, cover_rate, source, cover_classes, stamp)
     if all_to_all:
         params["all_to_all"] = True
-    poisoned = ATTACKS[name](data, target=target_index, seed=seed, **params)
+    poisoned = _run(name, data, target_index, seed, params, training or {})
     test_set = load_like(Path(test), data, "--test") if test is not None else None
     triggered = apply_trigger_to_test(poisoned, test_set) if test_set is not None else None
 
@@ -218,6 +244,25 @@ def _poison_and_write(name: str, clean_dir: Path, out: Path, target: str | None,
                 (test_staging / "triggered.json").write_text(json.dumps(test_record, indent=1) + "\n",
                                                              encoding="utf-8")
     return record
+
+
+def _run(name: str, data: ImageDataset, target: int, seed: int, params: dict[str, Any], training: dict[str, Any]
+         ) -> Any:
+    """The attack, with progress bars while an attack that trains a model trains it."""
+    from contextlib import nullcontext
+
+    from ..attacks import Surrogate, run_attack
+    from ..nn.devices import resolve_device
+    from ..progress import RichProgress, Silent
+
+    rate = params.pop("rate")
+    if not ATTACK_INFO[name].trains_model:
+        return run_attack(name, data, rate, target, seed, **params)
+    device = resolve_device(training.get("device", "auto"))
+    with (nullcontext(Silent()) if training.get("quiet") else RichProgress()) as progress:
+        surrogate = Surrogate(device=device, arch=training.get("arch", "auto"), cache_dir=training.get("cache_dir"),
+                              progress=progress)
+        return run_attack(name, data, rate, target, seed, surrogate=surrogate, **params)
 
 
 def print_attack_summary(record: dict[str, Any], out: Path, test_out: Path | None) -> None:
