@@ -34,7 +34,7 @@ import numpy as np
 from common import DEFAULT_DATA_DIR, load_module, pick_device, timed_detection, use_threads
 
 from sanitize import asset, ct, from_arrays
-from sanitize.attacks import ATTACKS
+from sanitize.attacks import ATTACKS, Surrogate, run_attack
 from sanitize.attacks.ember_explanation import ember_explanation
 from sanitize.data import examples
 from sanitize.errors import SanitizeError
@@ -99,8 +99,9 @@ def one_run(name: str, detector: str, per_class: int, seed: int, args) -> dict:
         poisoned = ember_explanation(data, args.rate, seed=seed, constrained=args.constrained)
         data, truth = poisoned.dataset, poisoned.is_poison
     elif args.attack:
-        poisoned = ATTACKS[args.attack](data, args.rate, target=0, seed=seed,
-                                        **({"all_to_all": True} if args.all_to_all else {}))
+        surrogate = Surrogate(device=pick_device(args.device)[0], cache_dir=args.cache_dir)  # cl, narcissus, ...
+        poisoned = run_attack(args.attack, data, args.rate, 0, seed, surrogate=surrogate,
+                              **({"all_to_all": True} if args.all_to_all else {}))
         data, truth = poisoned.dataset, poisoned.is_poison
     device, machine = pick_device(args.device)
     attack = attack_name(args)
@@ -150,6 +151,7 @@ def main() -> None:
     ap.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--cache-dir", type=Path, default=None, help="cache of what cl, narcissus, dynamic, issba train")
     ap.add_argument("--json", type=Path, required=True, help="JSON lines, appended; runs already there are skipped")
     args = ap.parse_args()
     use_threads(args.threads)

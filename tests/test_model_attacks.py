@@ -188,3 +188,13 @@ def test_cli_alias_test_copy_and_refusals(split, surrogate, tmp_path: Path, caps
     assert run_cli("attack", "badnet", str(clean), "--out", str(tmp_path / "b"), "--device", "cpu") == 2
     assert "trains no model; --device" in capsys.readouterr().err
     assert not (tmp_path / "b").exists()
+
+
+def test_bench_poisons_with_the_model_attacks(split, surrogate, poisoned) -> None:
+    """``sanitize bench`` (and benchmarks/bench_cifar10.py) poison through bench.poison: the alias and
+    the surrogate settings reach the attack, and the cached model gives the same bytes."""
+    from sanitize.bench import BenchConfig, poison
+
+    BenchConfig(["lc", "dynamic", "issba", "narcissus"], ["ct"], [0]).check()
+    again = poison(split[0], "lc", RATE, TARGET, 0, surrogate)
+    assert again.attack == "cl" and torch.equal(again.dataset.images, poisoned["cl"].dataset.images)
