@@ -238,7 +238,7 @@ def _link_or_copy(src: Path, dst: Path) -> None:
 
 def write_image_subset(dataset: ImageDataset, keep: Sequence[int] | np.ndarray, directory: Path,
                        on_file: Callable[[], None] | None = None) -> None:
-    """Write the samples at ``keep`` as ``directory/<class>/<file>``.
+    """Write the samples at ``keep`` as ``directory/<class>/<file>`` (an unlabelled set: under its own paths).
 
     Files of an on-disk dataset are hard-linked (zero copy; falls back to a copy across file
     systems) under their original relative paths; in-memory datasets are saved as PNG. Every
@@ -247,12 +247,14 @@ def write_image_subset(dataset: ImageDataset, keep: Sequence[int] | np.ndarray, 
     import numpy as np
     from PIL import Image
 
-    for name in dataset.classes:
+    labelled = getattr(dataset, "labelled", True)  # an unlabelled set keeps its own layout, folders mean nothing
+    for name in dataset.classes if labelled else ():
         (directory / name).mkdir(parents=True, exist_ok=True)
+    directory.mkdir(parents=True, exist_ok=True)
     images = None if dataset.root is not None else dataset.images.cpu()
     labels = dataset.labels.cpu().numpy()
     for i in np.asarray(keep, dtype=np.int64).tolist():
-        if PurePosixPath(dataset.paths[i]).parts[0] != dataset.classes[labels[i]]:
+        if labelled and PurePosixPath(dataset.paths[i]).parts[0] != dataset.classes[labels[i]]:
             # Written under another class folder, the sample would be read back with another label.
             raise ValueError(f"{dataset.paths[i]} is labelled {dataset.classes[labels[i]]!r}: its folder must match")
         dst = directory / dataset.paths[i]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from enum import Enum
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -42,6 +43,31 @@ EpsilonOpt = Annotated[float | None, typer.Option(
 BatchOpt = Annotated[int | None, typer.Option("--batch-size", help="Offset-loop batch size (default 512).")]
 
 
+class Paradigm(str, Enum):
+    supervised = "supervised"
+    self_supervised = "self-supervised"
+    transfer = "transfer"
+
+
+class Normalization(str, Enum):
+    imagenet = "imagenet"
+    data = "data"
+
+
+ParadigmOpt = Annotated[Paradigm, typer.Option(
+    help="How DATA is used for training: supervised (end to end), transfer (a new head on a frozen --encoder) or "
+         "self-supervised (unlabelled images: DATA and --reserve are read as image files at any depth).")]
+EncoderOpt = Annotated[str | None, typer.Option(
+    help="Frozen pretrained encoder: a TorchScript file, a pickled torch.nn.Module (runs its pickle: trusted "
+         "files only) or ARCH:STATE_DICT_FILE for a torchvision architecture. Required by transfer; "
+         "self-supervised trains one by SimCLR unless given.")]
+InputSizeOpt = Annotated[int | None, typer.Option(help="Side the encoder's input is resized to (default: the "
+                                                       "images' own).")]
+NormalizeOpt = Annotated[Normalization, typer.Option(
+    help="The encoder's input normalisation: imagenet (torchvision and timm checkpoints) or data (the images' own "
+         "statistics).")]
+
+
 def register(app: typer.Typer) -> None:
     app.command("asset")(asset_command)
 
@@ -66,6 +92,10 @@ def asset_command(
     fmt: FormatOpt = InputFormat.auto,
     fmt_old: OldFormatOpt = None,
     html: HtmlOpt = True,
+    paradigm: ParadigmOpt = Paradigm.supervised,
+    encoder: EncoderOpt = None,
+    input_size: InputSizeOpt = None,
+    normalize: NormalizeOpt = Normalization.imagenet,
 ) -> int:
     """ASSET (Pan et al., USENIX Security 2023): flag poison samples in DATA by active offset."""
     from ..detectors.asset import ASSET
@@ -74,12 +104,20 @@ def asset_command(
 
     resolve_device(device)
     detector = ASSET(schedule=schedule.value, arch=arch, device=device, seed=seed, epsilon=epsilon,
-                     batch_size=batch_size, alpha=alpha)
-    detector.check()  # a bad --arch / --epsilon / --batch-size: exit 2 before any loading
+                     batch_size=batch_size, alpha=alpha, paradigm=paradigm.value, encoder=encoder,
+                     input_size=input_size, normalize=normalize.value)
+    detector.check()  # a bad --arch / --epsilon / --batch-size / --paradigm: exit 2 before any loading
+    if encoder is not None:  # a bad encoder file: one line before any data is read
+        from ..detectors.asset.paradigms import resolve_encoder
+
+        detector.encoder = resolve_encoder(encoder)
+    kind = input_format(fmt, fmt_old)
+    if paradigm is Paradigm.self_supervised and kind in ("auto", "images"):
+        kind = "unlabelled"  # labels, and what the folder names say, are ignored
 
     def detect(d: Dataset, r: Dataset, progress: Progress) -> DetectionResult:
         detector.progress = progress
         return detector.detect(d, r)
 
     return run_detector(detect, data, reserve, RunOptions(out, force, size, quiet, json_only, max_flagged_fraction,
-                                                          fail_on_detect, input_format(fmt, fmt_old), html))
+                                                          fail_on_detect, kind, html))

@@ -35,6 +35,7 @@ class InputFormat(str, Enum):
 
     auto = "auto"
     images = "images"
+    unlabelled = "unlabelled"
     ember = "ember"
     npz = "npz"
     jsonl = "jsonl"

@@ -44,6 +44,7 @@ class ImageDataset:
     paths: list[str]
     root: Path | None = None
     notes: list[str] = field(default_factory=list)
+    labelled: bool = True  # False: an unlabelled folder (one pseudo-class, see load_unlabelled_folder)
 
     def __post_init__(self) -> None:
         if self.images.dtype != torch.uint8 or self.images.ndim != 4:
@@ -72,14 +73,14 @@ class ImageDataset:
 
     def to(self, device: torch.device | str) -> ImageDataset:
         return ImageDataset(self.images.to(device), self.labels.to(device), self.classes,
-                            self.paths, self.root, list(self.notes))
+                            self.paths, self.root, list(self.notes), self.labelled)
 
     def subset(self, index: Sequence[int] | np.ndarray | torch.Tensor) -> ImageDataset:
         """The samples at ``index`` (same classes, paths kept)."""
         idx = torch.as_tensor(np.asarray(index, dtype=np.int64), device=self.images.device)
         paths = [self.paths[i] for i in idx.tolist()]
         return ImageDataset(self.images[idx], self.labels[idx], self.classes, paths, self.root,
-                            list(self.notes))
+                            list(self.notes), self.labelled)
 
     def class_counts(self) -> np.ndarray:
         return np.bincount(self.labels.cpu().numpy(), minlength=self.num_classes)
@@ -151,11 +152,24 @@ def list_image_folder(root: Path) -> tuple[list[str], list[tuple[str, int]]]:
                 rel = Path(dirpath, filename).relative_to(root).as_posix()
                 entries.append((rel, index))
     if not entries:
+        loose = bool(_image_files(root, recursive=False))
         raise SanitizeError(
+            f"{root}: images lie directly in the folder, with no class sub-folders: an unlabelled set, which only "
+            f"asset --paradigm self-supervised inspects (a labelled set has one sub-folder per class)" if loose else
             f"{root}: no images found (expected one sub-folder per class containing "
             f"{', '.join(sorted(IMAGE_SUFFIXES))} files)"
         )
     return classes, entries
+
+
+def _image_files(root: Path, recursive: bool = True) -> list[str]:
+    """Relative POSIX paths of the image files under ``root`` (hidden entries skipped), sorted."""
+    found: list[str] = []
+    for dirpath, dirnames, filenames in os.walk(root, onerror=_unreadable):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".")) if recursive else []
+        found.extend(Path(dirpath, f).relative_to(root).as_posix() for f in sorted(filenames)
+                     if not f.startswith(".") and Path(f).suffix.lower() in IMAGE_SUFFIXES)
+    return found
 
 
 PIXEL_LIMIT_ENV = "SANITIZE_MAX_IMAGE_PIXELS"
@@ -269,6 +283,41 @@ def load_image_folder(root: str | Path, *, size: tuple[int, int] | int | None = 
         notes.append(f"class folders without images: {', '.join(empty)}")
     dataset = ImageDataset(images, labels, classes, [rel for rel, _ in entries], root, notes)
     return dataset.to(device)
+
+
+UNLABELLED_CLASS = "unlabelled"
+
+
+def load_unlabelled_folder(root: str | Path, *, size: tuple[int, int] | int | None = None,
+                           like: ImageDataset | None = None, device: torch.device | str = "cpu") -> ImageDataset:
+    """Every image file under ``root``, at any depth, as one unlabelled set.
+
+    Folder names carry no meaning here (a web-scraped pile, a flat folder, a tree by date): the
+    set has a single pseudo-class and ``labelled`` False, so that a detector that needs labels
+    refuses it and the cleaned copy keeps the input's own layout. ``like``: read with that set's
+    size and channels (the reserve of an unlabelled set).
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise SanitizeError(f"{root}: not a directory")
+    files = _image_files(root)
+    if not files:
+        raise SanitizeError(f"{root}: no images found ({', '.join(sorted(IMAGE_SUFFIXES))} files at any depth)")
+    if isinstance(size, int):
+        size = (size, size)
+    if like is not None:
+        size = like.size
+    images, size, _, notes = decode_images([root / rel for rel in files], size=size,
+                                           grayscale=None if like is None else like.channels == 1)
+    labels = torch.zeros(len(files), dtype=torch.int64)
+    return ImageDataset(images, labels, [UNLABELLED_CLASS], files, root, notes, labelled=False).to(device)
+
+
+def check_labelled(data: ImageDataset, who: str) -> None:
+    """Refuse an unlabelled set where labels are needed: ``who`` says which detector and why."""
+    if not getattr(data, "labelled", True):
+        raise SanitizeError(f"{who} needs labels (one sub-folder per class); this set is unlabelled: "
+                            f"asset --paradigm self-supervised inspects unlabelled images")
 
 
 def load_like(root: str | Path, data: ImageDataset, what: str) -> ImageDataset:

@@ -53,13 +53,16 @@ def load_inputs(data_dir: Path, reserve_dir: Path | None, input_format: str = "a
                 size: tuple[int, int] | None = None) -> tuple[Dataset, Dataset | None]:
     """The inspected data and its reserve, read as ``input_format`` names (``auto``: detected)."""
     from ..errors import ParameterError
-    from .images import load_image_folder, load_reserve
+    from .images import load_image_folder, load_reserve, load_unlabelled_folder
     from .rows import detect_format, load_feature_reserve, load_features
 
     kind = detect_format(data_dir) if input_format == "auto" else input_format
     if kind == "images":
         data = load_image_folder(data_dir, size=size)
         return data, load_reserve(reserve_dir, data) if reserve_dir is not None else None
+    if kind == "unlabelled":  # image files at any depth, folder names meaningless (reserve alike)
+        data = load_unlabelled_folder(data_dir, size=size)
+        return data, load_unlabelled_folder(reserve_dir, like=data) if reserve_dir is not None else None
     if size is not None:
         raise ParameterError("size", f"{size[0]}x{size[1]}", "applies to image folders, not feature rows")
     data = load_features(data_dir, kind)

@@ -161,13 +161,15 @@ def build_html(report: dict[str, Any], images: np.ndarray | None = None, *, feat
         context["triggers"] = _triggers(images, flagged, labels, names, targets)
     if features is not None:
         context["features"] = feature_contrast(features, feature_names, flagged)
-    nav = ["summary", "classes", "histograms"] + [k for k in ("samples", "triggers", "features")
-                                                  if context[k] is not None]
     s = report["summary"]
+    global_test = (s.get("settings") or {}).get("global_test")  # unlabelled data: one test, no classes
+    nav = ["summary", "global" if global_test else "classes", "histograms"] + [
+        k for k in ("samples", "triggers", "features") if context[k] is not None]
     return render("report.html", title=f"sanitize {s['method']}: {s['n_flagged']} of {s['n_samples']} flagged",
                   subtitle=f"suspected target classes: {', '.join(s['suspected_classes']) or 'none'} · "
                            f"{s.get('input') or ''}",
                   nav=nav, s=s, gate=s.get("gate"), class_columns=class_columns, classes=classes,
+                  global_test=global_test,
                   histograms=_histograms(report, names, scores, flagged, labels),
                   version=s.get("versions", {}).get("sanitize", ""), schema_version=report.get("schema_version"),
                   **context)

@@ -12,7 +12,7 @@ import torch
 from ... import ember
 from ...errors import SanitizeError
 
-FORMATS = ("auto", "images", "ember", "npz", "jsonl")
+FORMATS = ("auto", "images", "unlabelled", "ember", "npz", "jsonl")
 BINARY_CLASSES = ["benign", "malicious"]
 CHUNK_ROWS = 16384  # rows per pass when scanning memory-mapped files (64-160 MB at EMBER widths)
 

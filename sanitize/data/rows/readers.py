@@ -221,7 +221,7 @@ def _finish(X: torch.Tensor, labels: torch.Tensor, classes: list[str], ids: list
 def load_features(path: str | Path, fmt: str = "auto") -> FeatureDataset:
     """Read a feature dataset in any supported format (see the module docstring)."""
     path = Path(path)
-    if fmt not in FORMATS or fmt == "images":
+    if fmt not in FORMATS or fmt in ("images", "unlabelled"):
         raise ParameterError("fmt", fmt, "expected one of ember, npz, jsonl (or auto)", flag="--input-format")
     kind = detect_format(path) if fmt == "auto" else fmt
     if not path.exists():

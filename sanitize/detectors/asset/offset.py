@@ -19,6 +19,8 @@ from ...nn.engine import (
 from .schedules import AssetSchedule
 from .selection import global_selection, select_poison_rich
 
+Objective = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (outputs, labels) -> per-sample loss
+
 # ---------------------------------------------------------------------------------------------
 # The offset loop
 
@@ -76,7 +78,7 @@ class OffsetLog:
 def offset_loop(offset: nn.Module, data_x: torch.Tensor, data_y: torch.Tensor, reserve_x: torch.Tensor,
                 d_feats: torch.Tensor, r_feats: torch.Tensor, schedule: AssetSchedule, prep: Callable,
                 gen: torch.Generator, advance: Callable[[], None], bn_mode: str = "batch-frozen",
-                canaries: int = 0) -> OffsetLog:
+                canaries: int = 0, objective: Objective | None = None) -> OffsetLog:
     """Alternate ``l_min`` on the reserve and ``l_max`` on the concentrated part of each D batch.
 
     Batch norm in the max step (``bn_mode``):
@@ -91,8 +93,11 @@ def offset_loop(offset: nn.Module, data_x: torch.Tensor, data_y: torch.Tensor, r
       in train mode.
 
     The last ``canaries`` samples of D are reserve canaries (:func:`with_canaries`); the
-    ``global`` selection never picks them (see :func:`global_picks`).
+    ``global`` selection never picks them (see :func:`global_picks`). ``objective``: the
+    per-sample loss the max step raises (cross-entropy under the labels unless the paradigm
+    says otherwise, :mod:`.paradigms`).
     """
+    objective = objective or cross_entropy
     device = data_x.device
     steps = schedule.offset_steps(len(data_y))
     per_batch = schedule.selection != "global"
@@ -122,7 +127,7 @@ def offset_loop(offset: nn.Module, data_x: torch.Tensor, data_y: torch.Tensor, r
             continue
         log.selected += len(sel)
         with max_step_norm(offset, bn_mode, len(sel)), autocast(device):
-            loss_max = -F.cross_entropy(offset(prep(data_x[sel])).float(), data_y[sel])
+            loss_max = -objective(offset(prep(data_x[sel])), data_y[sel]).mean()
         opt_max.zero_grad(set_to_none=True)
         loss_max.backward()
         opt_max.step()
@@ -188,10 +193,16 @@ def max_step_norm(model: nn.Module, bn_mode: str, n_selected: int) -> AbstractCo
         bn_mode, lambda _: _nullctx())(model)
 
 
+def cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Per-sample cross-entropy under the dataset label, in float32 (the supervised objective)."""
+    return F.cross_entropy(logits.float(), labels, reduction="none")
+
+
 @torch.no_grad()
 def per_sample_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, prep: Callable,
-                    batch_size: int = 1024) -> torch.Tensor:
-    """Cross-entropy of every sample under its label, in eval mode (running BN statistics), in float32.
+                    batch_size: int = 1024, objective: Objective | None = None) -> torch.Tensor:
+    """Cross-entropy of every sample under its label (or the paradigm's ``objective``), in eval
+    mode (running BN statistics), in float32.
 
     The demo scores its clean samples this way but its poison samples in train mode (it sets
     eval mode between the two loops), which a detector that does not know the truth cannot do.
@@ -201,6 +212,6 @@ def per_sample_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, prep: Ca
     for start in range(0, len(y), batch_size):
         with full_precision(x.device):
             logits = model(prep(x[start:start + batch_size])).float()
-        out.append(F.cross_entropy(logits, y[start:start + batch_size], reduction="none"))
+        out.append((objective or cross_entropy)(logits, y[start:start + batch_size]))
     model.eval()
     return torch.cat(out) if out else torch.empty(0)

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from ...data.images import ImageDataset
+from ...data.images import ImageDataset, check_labelled
 from ...data.reserve_fit import fitted_reserve
 from ...domains import check_arch, check_seed
 from ...errors import SanitizeError
@@ -95,6 +95,7 @@ class ConfusionTraining:
                                             reserve_check=self.reserve_check).detect(data, reserve)
         if self.arch == "ember_mlp":
             raise SanitizeError("arch ember_mlp is the feature-row network; image folders use a CNN")
+        check_labelled(data, "ct")  # confusion relabels samples, and the class test reads labels
         device = resolve_device(self.device)
         schedule = self.schedule if isinstance(self.schedule, CTSchedule) else get_schedule(self.schedule)
         data.check_reserve(reserve)

@@ -28,7 +28,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from ...data.images import ImageDataset
+from ...data.images import ImageDataset, check_labelled
 from ...domains import check_arch, check_epochs, check_seed
 from ...errors import ParameterError, SanitizeError
 from ...nn.cache import TrainedModel, trained_model
@@ -105,6 +105,7 @@ class PassiveDetector:
             readers = " or ".join(available_detectors(getattr(data, "kind", "feature rows")))
             raise SanitizeError(f"{self.name} inspects image folders; for {getattr(data, 'kind', 'this data')} "
                                 f"use {readers or 'another detector'}")
+        check_labelled(data, self.name)
         device = resolve_device(self.device)
         if reserve is not None:
             data.check_reserve(reserve)
