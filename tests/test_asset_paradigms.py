@@ -114,7 +114,10 @@ def test_transfer_clean_set_flags_little(split, encoder):
 
 
 def test_self_supervised_on_an_unlabelled_folder(unlabelled_split, tmp_path, capsys):
-    """The CLI on a flat folder of poisoned digits (no class meaning) and an unlabelled reserve."""
+    """The CLI on a flat folder of poisoned digits (no class meaning) and an unlabelled reserve.
+
+    Seed 0 is a run where the paradigm finds the poison; at seed 1 it does not (docs/asset.md,
+    Known limits): the bound guards the measured case, not a general claim."""
     data, reserve = unlabelled_split
     dataset, truth = poisoned(data, "badnet")
     flat = tmp_path / "pile"  # one flat folder, names that say nothing about the class

@@ -56,7 +56,7 @@ class Normalization(str, Enum):
 
 ParadigmOpt = Annotated[Paradigm, typer.Option(
     help="How DATA is used for training: supervised (end to end), transfer (a new head on a frozen --encoder) or "
-         "self-supervised (unlabelled images: DATA and --reserve are read as image files at any depth).")]
+         "self-supervised (experimental; unlabelled images: DATA and --reserve are read as image files at any depth).")]
 EncoderOpt = Annotated[str | None, typer.Option(
     help="Frozen pretrained encoder: a TorchScript file, a pickled torch.nn.Module (runs its pickle: trusted "
          "files only) or ARCH:STATE_DICT_FILE for a torchvision architecture. Required by transfer; "

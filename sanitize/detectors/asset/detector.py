@@ -237,6 +237,10 @@ class ASSET:
             result.notes.append(f"{log.empty_selections} of {log.steps} offset steps selected nothing "
                                 f"(max step skipped)")
         result.notes.extend(inp.notes)
+        if self.paradigm == "self-supervised":
+            result.notes.append("the self-supervised paradigm is experimental: on digits it found a 5 % BadNet at one "
+                                "of two seeds and a 5 % Blend at neither (docs/asset.md, Known limits); a pass is weak "
+                                "evidence")
         return result
 
     def _concentration_features(self, inp: Inputs, schedule: AssetSchedule, encoder: Encoder | None,
