@@ -52,6 +52,12 @@ def check_epochs(epochs: int | None, parameter: str = "epochs") -> None:
         raise ParameterError(parameter, epochs, "expected a positive number")
 
 
+def check_stream(stream: object) -> None:
+    """``stream``: True (always), False (never), None (when the set would not fit the device)."""
+    if stream not in (None, True, False):
+        raise ParameterError("stream", stream, "expected True, False or None (decide by the device's memory)")
+
+
 def parse_size(size: str | None) -> tuple[int, int] | None:
     """``--size N`` or ``HxW`` as (height, width); None keeps the images' own size."""
     if size is None:

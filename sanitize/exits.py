@@ -69,7 +69,7 @@ def catch_termination() -> None:
 
 def crash_log_dir() -> Path:
     """Where tracebacks go: ``<cache>/crashes`` (see ``sanitize.nn.cache``), else the temp dir."""
-    from .nn.cache import default_cache_dir
+    from .cachedir import default_cache_dir
 
     return default_cache_dir() / "crashes"
 

@@ -12,6 +12,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
+from .data.decode_cache import DecodeCache
 from .data.protocol import Dataset
 from .data.protocol import load_inputs as read_inputs
 from .data.rows import FORMATS
@@ -41,8 +42,11 @@ class RunOptions:
     fail_on_detect: bool = False
     format: str = "auto"  # --input-format: auto | images | ember | npz | jsonl
     html: bool = True  # also write the self-contained report.html
+    cache_dir: Path | None = None  # --cache-dir: decoded folders (and scan's models); None: the user cache
+    decode_cache: str = "auto"  # auto | on | off: see sanitize.data.decode_cache
 
     def __post_init__(self) -> None:
+        DecodeCache(self.cache_dir, self.decode_cache)  # validated here, with the other options
         if not 0.0 <= self.max_flagged_fraction <= 1.0:
             raise ParameterError("max_flagged_fraction", self.max_flagged_fraction, "expected a value in [0, 1]")
         if self.format not in FORMATS:
@@ -67,9 +71,11 @@ def gate(summary: dict, max_flagged_fraction: float = 0.0, fail_on_detect: bool 
             "reasons": reasons}
 
 
-def load_inputs(data_dir: Path, reserve_dir: Path | None, opts: RunOptions) -> tuple[Dataset, Dataset | None]:
+def load_inputs(data_dir: Path, reserve_dir: Path | None, opts: RunOptions,
+                progress: Progress | None = None) -> tuple[Dataset, Dataset | None]:
     """The inspected data and its reserve, read as ``opts.format`` names (or detected)."""
-    return read_inputs(data_dir, reserve_dir, opts.format, parse_size(opts.size))
+    return read_inputs(data_dir, reserve_dir, opts.format, parse_size(opts.size),
+                       cache=DecodeCache(opts.cache_dir, opts.decode_cache), progress=progress)
 
 
 def run(detect: Detect, data_dir: Path, reserve_dir: Path | None, opts: RunOptions) -> tuple[dict, Path]:
@@ -86,9 +92,9 @@ def _detect_and_write(detect: Detect, data_dir: Path, reserve_dir: Path | None, 
                       out: Path) -> dict:
     warned: list[str] = []
     with warnings_as_notes(warned):
-        data, reserve = load_inputs(data_dir, reserve_dir, opts)
         bars = RichProgress() if not (opts.quiet or opts.json_only) else nullcontext(Silent())
         with bars as progress:
+            data, reserve = load_inputs(data_dir, reserve_dir, opts, progress)
             result = detect(data, reserve, progress)
     result.notes.extend(warned)
     report = build_report(data, result)

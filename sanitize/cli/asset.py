@@ -10,7 +10,10 @@ import typer
 from .common import (
     AlphaOpt,
     AssetScheduleName,
+    CacheDirOpt,
     DataArg,
+    DecodeCacheMode,
+    DecodeCacheOpt,
     DeviceOpt,
     FailOnDetectOpt,
     ForceOpt,
@@ -25,6 +28,7 @@ from .common import (
     ReserveOpt,
     SeedOpt,
     SizeOpt,
+    StreamOpt,
     input_format,
     run_detector,
 )
@@ -96,6 +100,9 @@ def asset_command(
     encoder: EncoderOpt = None,
     input_size: InputSizeOpt = None,
     normalize: NormalizeOpt = Normalization.imagenet,
+    cache_dir: CacheDirOpt = None,
+    decode_cache: DecodeCacheOpt = DecodeCacheMode.auto,
+    stream: StreamOpt = None,
 ) -> int:
     """ASSET (Pan et al., USENIX Security 2023): flag poison samples in DATA by active offset."""
     from ..detectors.asset import ASSET
@@ -105,7 +112,8 @@ def asset_command(
     resolve_device(device)
     detector = ASSET(schedule=schedule.value, arch=arch, device=device, seed=seed, epsilon=epsilon,
                      batch_size=batch_size, alpha=alpha, paradigm=paradigm.value, encoder=encoder,
-                     input_size=input_size, normalize=normalize.value)
+                     input_size=input_size, normalize=normalize.value,
+                     stream=stream)
     detector.check()  # a bad --arch / --epsilon / --batch-size / --paradigm: exit 2 before any loading
     if encoder is not None:  # a bad encoder file: one line before any data is read
         from ..detectors.asset.paradigms import resolve_encoder
@@ -120,4 +128,4 @@ def asset_command(
         return detector.detect(d, r)
 
     return run_detector(detect, data, reserve, RunOptions(out, force, size, quiet, json_only, max_flagged_fraction,
-                                                          fail_on_detect, kind, html))
+                                                          fail_on_detect, kind, html, cache_dir, decode_cache.value))

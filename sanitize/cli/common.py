@@ -97,6 +97,23 @@ FailOnDetectOpt = Annotated[bool, typer.Option(
 AlphaOpt = Annotated[float, typer.Option(
     "--alpha", help="False-alarm level of the class test: the chance that a clean data set has any class "
                     "suspected (default 0.001; Bonferroni over the classes).")]
+class DecodeCacheMode(str, Enum):
+    """``--decode-cache``: when image folders are decoded to (and mapped from) the on-disk cache."""
+
+    auto = "auto"
+    on = "on"
+    off = "off"
+
+
+CacheDirOpt = Annotated[Path | None, typer.Option(
+    "--cache-dir", help="Where decoded image folders (and scan's trained models) are kept "
+                        "(default: $SANITIZE_CACHE or ~/.cache/sanitize).")]
+DecodeCacheOpt = Annotated[DecodeCacheMode, typer.Option(
+    "--decode-cache", help="Decode image folders once to --cache-dir and map them on later runs: auto (folders "
+                           "of 10,000 images or more), on, off.")]
+StreamOpt = Annotated[bool | None, typer.Option(
+    "--stream/--no-stream", help="Keep the images on the host and send them to the device a batch at a time "
+                                 "(default: only when they would not fit the device's memory).")]
 HtmlOpt = Annotated[bool, typer.Option(
     "--html/--no-html", help="Also write report.html, a self-contained page with thumbnails and histograms.")]
 

@@ -40,8 +40,11 @@ from ..exits import (  # noqa: F401 -- EXIT_* are part of this module's interfac
 from . import asset, attack, bench, features, scan
 from .common import (
     AlphaOpt,
+    CacheDirOpt,
     CTScheduleName,
     DataArg,
+    DecodeCacheMode,
+    DecodeCacheOpt,
     DeviceOpt,
     FailOnDetectOpt,
     ForceOpt,
@@ -56,6 +59,7 @@ from .common import (
     ReserveOpt,
     SeedOpt,
     SizeOpt,
+    StreamOpt,
     input_format,
     run_detector,
     stderr,
@@ -95,6 +99,9 @@ def ct_command(
     fmt: FormatOpt = InputFormat.auto,
     fmt_old: OldFormatOpt = None,
     html: HtmlOpt = True,
+    cache_dir: CacheDirOpt = None,
+    decode_cache: DecodeCacheOpt = DecodeCacheMode.auto,
+    stream: StreamOpt = None,
 ) -> int:
     """Confusion Training (Qi et al., USENIX Security 2023): flag poison samples in DATA."""
     from ..detectors.ct import ConfusionTraining
@@ -102,7 +109,8 @@ def ct_command(
     from ..pipeline import RunOptions
 
     resolve_device(device)
-    detector = ConfusionTraining(schedule=schedule.value, arch=arch, device=device, seed=seed, alpha=alpha)
+    detector = ConfusionTraining(schedule=schedule.value, arch=arch, device=device, seed=seed, alpha=alpha,
+                                 stream=stream)
     detector.check()  # a bad --arch / --alpha: exit 2 before any loading
 
     def detect(d: Dataset, r: Dataset, progress: Progress) -> DetectionResult:
@@ -110,7 +118,8 @@ def ct_command(
         return detector.detect(d, r)  # feature rows too
 
     return run_detector(detect, data, reserve, RunOptions(out, force, size, quiet, json_only, max_flagged_fraction,
-                                                          fail_on_detect, input_format(fmt, fmt_old), html))
+                                                          fail_on_detect, input_format(fmt, fmt_old), html, cache_dir,
+                                                          decode_cache.value))
 
 
 @app.command("demo")

@@ -14,7 +14,10 @@ import typer
 
 from ..errors import SanitizeError
 from .common import (
+    CacheDirOpt,
     DataArg,
+    DecodeCacheMode,
+    DecodeCacheOpt,
     DeviceOpt,
     FailOnDetectOpt,
     ForceOpt,
@@ -108,9 +111,7 @@ def scan_command(
     arch: Annotated[str, typer.Option(help="Model trained on DATA: auto (resnet18 on a GPU at >= 32 px, "
                                            "else small_cnn) or a registered architecture.")] = "auto",
     epochs: Annotated[int | None, typer.Option(help="Training epochs (default: by dataset size).")] = None,
-    cache_dir: Annotated[Path | None, typer.Option(
-        "--cache-dir", help="Where trained models are cached (default: $SANITIZE_CACHE or ~/.cache/sanitize).")
-    ] = None,
+    cache_dir: CacheDirOpt = None,
     device: DeviceOpt = "auto",
     seed: SeedOpt = 0,
     size: SizeOpt = None,
@@ -122,6 +123,7 @@ def scan_command(
     fmt: FormatOpt = InputFormat.auto,
     fmt_old: OldFormatOpt = None,
     html: HtmlOpt = True,
+    decode_cache: DecodeCacheOpt = DecodeCacheMode.auto,
 ) -> int:
     """Passive baselines: Spectral Signatures, Activation Clustering, STRIP, SCAn, SPECTRE."""
     from ..detectors import get_detector
@@ -141,4 +143,5 @@ def scan_command(
         return detector.detect(d, r)
 
     return run_detector(detect, data, reserve, RunOptions(out, force, size, quiet, json_only, max_flagged_fraction,
-                                                          fail_on_detect, input_format(fmt, fmt_old), html))
+                                                          fail_on_detect, input_format(fmt, fmt_old), html, cache_dir,
+                                                          decode_cache.value))

@@ -1,6 +1,8 @@
 """Load: the first stage. Every kind of input becomes one :class:`~sanitize.data.protocol.Dataset`.
 
 * :mod:`.images` -- image folders (``root/<class>/<file>``) decoded once into a uint8 tensor;
+* :mod:`.decoding` -- reading image files (header probe, the set's common format, pixels);
+* :mod:`.decode_cache` -- large folders decoded once to a memory-mapped file that later runs map;
 * :mod:`.rows` -- feature rows (EMBER's vectorised files, ``.npz``/``.npy``, raw ``.jsonl``);
 * :mod:`.protocol` -- what both offer the pipeline (write the kept part back, report evidence,
   check a reserve), and :func:`~sanitize.data.protocol.load_inputs`, which picks the reader;

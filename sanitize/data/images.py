@@ -1,4 +1,5 @@
-"""Image-folder datasets: decode once, keep the whole set as one uint8 tensor.
+"""Image-folder datasets: decode once, keep the whole set as one uint8 tensor (in memory, or
+memory-mapped from the on-disk decode cache of :mod:`sanitize.data.decode_cache`).
 
 Layout: ``root/<class name>/<image file>``. Every detector reads an :class:`ImageDataset`, which
 holds the decoded pixels (``N x C x H x W`` uint8, on the chosen device), integer labels, the class
@@ -13,7 +14,6 @@ recorded in :attr:`ImageDataset.notes` and end up in the report.
 from __future__ import annotations
 
 import os
-from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -21,13 +21,22 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
-from torchvision.transforms.v2 import functional as TF
 
 from ..errors import SanitizeError
+from ..nn.samples import Samples, should_stream, stream_images, take_rows
+from ..progress import Progress
+from .decode_cache import DecodeCache, decode_to_cache, probe_all
+from .decoding import (  # noqa: F401  (decode_image, image_pixel_limit, PIXEL_LIMIT_ENV: re-exported)
+    GRAYSCALE_MODES,
+    PIXEL_LIMIT_ENV,
+    Format,
+    common_format,
+    decode_image,
+    decode_rows,
+    image_pixel_limit,
+)
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".webp"})
-GRAYSCALE_MODES = frozenset({"1", "L", "LA", "I", "I;16", "F"})
 
 
 @dataclass
@@ -38,7 +47,7 @@ class ImageDataset:
     datasets built with :func:`from_arrays` they are synthetic but still unique.
     """
 
-    images: torch.Tensor  # uint8, N x C x H x W
+    images: torch.Tensor | Samples  # uint8, N x C x H x W (Samples: streamed to the device per batch)
     labels: torch.Tensor  # int64, N
     classes: list[str]
     paths: list[str]
@@ -71,15 +80,31 @@ class ImageDataset:
     def device(self) -> torch.device:
         return self.images.device
 
-    def to(self, device: torch.device | str) -> ImageDataset:
-        return ImageDataset(self.images.to(device), self.labels.to(device), self.classes,
-                            self.paths, self.root, list(self.notes), self.labelled)
+    @property
+    def streamed(self) -> bool:
+        """Whether the pixels stay on the host and reach the device a batch at a time."""
+        return isinstance(self.images, Samples) and bool(self.images.streamed)
+
+    def to(self, device: torch.device | str, *, stream: bool | None = False) -> ImageDataset:
+        """This set on ``device``: the pixels copied there, or with ``stream`` left where they are
+        (the host; a memory-mapped decoded folder stays mapped) and sent per batch. ``stream``
+        None decides: stream when the pixels would fill more than half of the device's free memory."""
+        device = torch.device(device)
+        if stream is None:
+            stream = self.streamed or should_stream(self.images.dtype.itemsize * int(np.prod(self.images.shape)),
+                                                    device)
+        if stream:
+            images = stream_images(self.images, device)
+        else:
+            images = (self.images[:] if isinstance(self.images, Samples) else self.images).to(device)
+        return ImageDataset(images, self.labels.to(device), self.classes, self.paths, self.root, list(self.notes),
+                            self.labelled)
 
     def subset(self, index: Sequence[int] | np.ndarray | torch.Tensor) -> ImageDataset:
         """The samples at ``index`` (same classes, paths kept)."""
-        idx = torch.as_tensor(np.asarray(index, dtype=np.int64), device=self.images.device)
+        idx = torch.as_tensor(np.asarray(index, dtype=np.int64), device=self.labels.device)
         paths = [self.paths[i] for i in idx.tolist()]
-        return ImageDataset(self.images[idx], self.labels[idx], self.classes, paths, self.root,
+        return ImageDataset(take_rows(self.images, idx), self.labels[idx], self.classes, paths, self.root,
                             list(self.notes), self.labelled)
 
     def class_counts(self) -> np.ndarray:
@@ -172,111 +197,51 @@ def _image_files(root: Path, recursive: bool = True) -> list[str]:
     return found
 
 
-PIXEL_LIMIT_ENV = "SANITIZE_MAX_IMAGE_PIXELS"
-
-
-def image_pixel_limit() -> int:
-    """The largest image, in pixels, that is decoded: where Pillow itself refuses (twice its
-    ``MAX_IMAGE_PIXELS``, about 179 million), unless ``SANITIZE_MAX_IMAGE_PIXELS`` says otherwise.
-
-    A forged header can claim billions of pixels in a few bytes; decoding it would exhaust memory.
-    Users with genuinely huge images raise the limit through the environment, so that every
-    command (and the library) honours it without a flag on each.
-    """
-    raw = os.environ.get(PIXEL_LIMIT_ENV)
-    if raw is None:
-        return 2 * (Image.MAX_IMAGE_PIXELS or 89_478_485)
-    try:
-        limit = int(raw)
-    except ValueError:
-        limit = 0
-    if limit < 1:
-        raise SanitizeError(f"{PIXEL_LIMIT_ENV}={raw!r}: expected a positive whole number of pixels")
-    Image.MAX_IMAGE_PIXELS = max(Image.MAX_IMAGE_PIXELS or 0, limit)  # Pillow's own refusal no lower than ours
-    return limit
-
-
-def decode_image(path: str | Path, what: str = "image") -> Image.Image:
-    """Open and decode one image file; anything unreadable is one :class:`SanitizeError` line.
-
-    An image whose header claims more than :func:`image_pixel_limit` pixels (a decompression bomb,
-    or a genuinely huge image) is refused before it is decoded; Pillow's own refusal is an error
-    that is not an ``OSError`` and is caught here too, so a forged header cannot crash a run.
-    """
-    limit = image_pixel_limit()
-    refused = (f"{path}: {what} refused as a decompression bomb (its header claims more than {limit} pixels; "
-               f"set {PIXEL_LIMIT_ENV} to raise the limit)")
-    try:
-        with Image.open(path) as img:
-            if img.width * img.height > limit:
-                raise SanitizeError(refused)
-            img.load()
-            return img
-    except SanitizeError:
-        raise
-    except Image.DecompressionBombError:
-        raise SanitizeError(refused) from None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-        reason = str(exc).split("\n")[0] or type(exc).__name__
-        raise SanitizeError(f"{path}: cannot decode {what} ({reason})") from None
-
-
-def _to_array(img: Image.Image, grayscale: bool) -> np.ndarray:
-    if grayscale:
-        if img.mode in ("I", "I;16", "F"):
-            # High-bit-depth grayscale: scale into 8 bits instead of clipping.
-            arr = np.asarray(img, dtype=np.float64)
-            peak = arr.max() if arr.max() > 255 else 255.0
-            return np.round(arr * 255.0 / peak).astype(np.uint8)[..., None]
-        return np.array(img.convert("L"), dtype=np.uint8)[..., None]
-    return np.array(img.convert("RGB"), dtype=np.uint8)
-
-
 def decode_images(files: Sequence[Path], *, size: tuple[int, int] | None = None,
                   grayscale: bool | None = None, workers: int | None = None
                   ) -> tuple[torch.Tensor, tuple[int, int], bool, list[str]]:
-    """Decode ``files`` into one uint8 ``N x C x H x W`` tensor.
+    """Decode ``files`` into one in-memory uint8 ``N x C x H x W`` tensor.
 
     Returns the tensor, the common size, whether it is grayscale, and notes describing any
     conversion (so the user is told rather than surprised).
     """
     workers = workers or min(16, (os.cpu_count() or 2) * 2)
+    fmt = common_format(probe_all(files, workers), size, grayscale)
+    out = np.empty((len(files), fmt.channels, *fmt.size), dtype=np.uint8)
+    chunk = max(1, -(-len(files) // workers))
     with ThreadPoolExecutor(workers) as pool:
-        decoded = list(pool.map(decode_image, files))
-    notes: list[str] = []
-    if grayscale is None:
-        grayscale = all(img.mode in GRAYSCALE_MODES for img in decoded)
-        if not grayscale and any(img.mode in GRAYSCALE_MODES for img in decoded):
-            notes.append("mixed grayscale and colour images: all converted to RGB")
-    sizes = Counter((img.height, img.width) for img in decoded)
-    if size is None:
-        size = sizes.most_common(1)[0][0]
-        if len(sizes) > 1:
-            notes.append(f"images have {len(sizes)} different sizes: resized to the most common, "
-                         f"{size[0]}x{size[1]} (set --size to choose)")
-    resized = 0
-    out = torch.empty((len(decoded), 1 if grayscale else 3, *size), dtype=torch.uint8)
-    for i, img in enumerate(decoded):
-        chw = torch.from_numpy(_to_array(img, grayscale)).permute(2, 0, 1)
-        if tuple(chw.shape[1:]) != tuple(size):
-            chw = TF.resize(chw, list(size), antialias=True)
-            resized += 1
-        out[i] = chw
-    if resized and len(sizes) == 1:
-        notes.append(f"all {resized} images resized to {size[0]}x{size[1]}")
-    return out, tuple(size), grayscale, notes
+        list(pool.map(lambda start: decode_rows(files[start:start + chunk], out, start, fmt),
+                      range(0, len(files), chunk)))
+    return torch.from_numpy(out), fmt.size, fmt.grayscale, list(fmt.notes)
+
+
+def _decode(root: Path, files: list[str], size: tuple[int, int] | None, grayscale: bool | None,
+            cache: DecodeCache | None, progress: Progress | None) -> tuple[torch.Tensor, Format, list[str]]:
+    """``root/<files>`` decoded in memory, or mapped from the decode cache when ``cache`` wants it."""
+    if cache is None or not cache.wants(len(files)):
+        images, size, grayscale, notes = decode_images([root / rel for rel in files], size=size, grayscale=grayscale)
+        return images, Format(size, grayscale), notes
+    mapped, fmt, reused = decode_to_cache(root, files, size=size, grayscale=grayscale, cache=cache,
+                                          progress=progress)
+    notes = list(fmt.notes)
+    notes.append(f"decoded images {'mapped from' if reused else 'kept in'} the decode cache ({cache.root})")
+    return torch.from_numpy(mapped), fmt, notes
 
 
 def load_image_folder(root: str | Path, *, size: tuple[int, int] | int | None = None,
-                      grayscale: bool | None = None, device: torch.device | str = "cpu"
-                      ) -> ImageDataset:
-    """Load ``root/<class>/<image>`` into an :class:`ImageDataset` on ``device``."""
+                      grayscale: bool | None = None, device: torch.device | str = "cpu",
+                      cache: DecodeCache | None = None, progress: Progress | None = None) -> ImageDataset:
+    """Load ``root/<class>/<image>`` into an :class:`ImageDataset` on ``device``.
+
+    ``cache``: decode to (or map from) the on-disk decode cache when it wants a folder this large
+    (:mod:`sanitize.data.decode_cache`); the images then stay memory-mapped on the host until a
+    detector moves them (``device`` "cpu" leaves them mapped).
+    """
     root = Path(root)
     classes, entries = list_image_folder(root)
     if isinstance(size, int):
         size = (size, size)
-    images, size, grayscale, notes = decode_images([root / rel for rel, _ in entries],
-                                                   size=size, grayscale=grayscale)
+    images, _, notes = _decode(root, [rel for rel, _ in entries], size, grayscale, cache, progress)
     labels = torch.tensor([label for _, label in entries], dtype=torch.int64)
     empty = [c for i, c in enumerate(classes) if not (labels == i).any()]
     if empty:
@@ -289,7 +254,8 @@ UNLABELLED_CLASS = "unlabelled"
 
 
 def load_unlabelled_folder(root: str | Path, *, size: tuple[int, int] | int | None = None,
-                           like: ImageDataset | None = None, device: torch.device | str = "cpu") -> ImageDataset:
+                           like: ImageDataset | None = None, device: torch.device | str = "cpu",
+                           cache: DecodeCache | None = None, progress: Progress | None = None) -> ImageDataset:
     """Every image file under ``root``, at any depth, as one unlabelled set.
 
     Folder names carry no meaning here (a web-scraped pile, a flat folder, a tree by date): the
@@ -307,8 +273,7 @@ def load_unlabelled_folder(root: str | Path, *, size: tuple[int, int] | int | No
         size = (size, size)
     if like is not None:
         size = like.size
-    images, size, _, notes = decode_images([root / rel for rel in files], size=size,
-                                           grayscale=None if like is None else like.channels == 1)
+    images, _, notes = _decode(root, files, size, None if like is None else like.channels == 1, cache, progress)
     labels = torch.zeros(len(files), dtype=torch.int64)
     return ImageDataset(images, labels, [UNLABELLED_CLASS], files, root, notes, labelled=False).to(device)
 
@@ -320,7 +285,8 @@ def check_labelled(data: ImageDataset, who: str) -> None:
                             f"asset --paradigm self-supervised inspects unlabelled images")
 
 
-def load_like(root: str | Path, data: ImageDataset, what: str) -> ImageDataset:
+def load_like(root: str | Path, data: ImageDataset, what: str, *, cache: DecodeCache | None = None,
+              progress: Progress | None = None) -> ImageDataset:
     """Load another folder (reserve, test set) with ``data``'s class indices, size and channels.
 
     It may cover only some of the classes; a class the data does not have is an error, because
@@ -331,17 +297,17 @@ def load_like(root: str | Path, data: ImageDataset, what: str) -> ImageDataset:
     unknown = sorted(set(classes) - set(data.classes))
     if unknown:
         raise SanitizeError(f"{what} {root}: class(es) not in the dataset: {', '.join(unknown)}")
-    images, _, _, notes = decode_images([root / rel for rel, _ in entries], size=data.size,
-                                        grayscale=data.channels == 1)
+    images, _, notes = _decode(root, [rel for rel, _ in entries], data.size, data.channels == 1, cache, progress)
     mapping = [data.classes.index(c) for c in classes]
     labels = torch.tensor([mapping[label] for _, label in entries], dtype=torch.int64)
     loaded = ImageDataset(images, labels, list(data.classes), [rel for rel, _ in entries], root, notes)
     return loaded.to(data.device)
 
 
-def load_reserve(root: str | Path, data: ImageDataset) -> ImageDataset:
+def load_reserve(root: str | Path, data: ImageDataset, *, cache: DecodeCache | None = None,
+                 progress: Progress | None = None) -> ImageDataset:
     """The trusted reserve, aligned with ``data`` (see :func:`load_like`)."""
-    return load_like(root, data, "reserve")
+    return load_like(root, data, "reserve", cache=cache, progress=progress)
 
 
 def check_several_classes(labels: np.ndarray, classes: list[str], what: str) -> None:

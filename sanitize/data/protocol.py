@@ -11,10 +11,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import torch
+
+if TYPE_CHECKING:
+    from ..progress import Progress
+    from .decode_cache import DecodeCache
 
 
 class Dataset(Protocol):
@@ -50,19 +54,26 @@ class Dataset(Protocol):
 
 
 def load_inputs(data_dir: Path, reserve_dir: Path | None, input_format: str = "auto",
-                size: tuple[int, int] | None = None) -> tuple[Dataset, Dataset | None]:
-    """The inspected data and its reserve, read as ``input_format`` names (``auto``: detected)."""
+                size: tuple[int, int] | None = None, *, cache: DecodeCache | None = None,
+                progress: Progress | None = None) -> tuple[Dataset, Dataset | None]:
+    """The inspected data and its reserve, read as ``input_format`` names (``auto``: detected).
+
+    ``cache``: image folders are decoded through the on-disk decode cache when it wants them
+    (feature rows are read as they are); ``progress`` shows the decoding.
+    """
     from ..errors import ParameterError
     from .images import load_image_folder, load_reserve, load_unlabelled_folder
     from .rows import detect_format, load_feature_reserve, load_features
 
     kind = detect_format(data_dir) if input_format == "auto" else input_format
     if kind == "images":
-        data = load_image_folder(data_dir, size=size)
-        return data, load_reserve(reserve_dir, data) if reserve_dir is not None else None
+        data = load_image_folder(data_dir, size=size, cache=cache, progress=progress)
+        return data, (load_reserve(reserve_dir, data, cache=cache, progress=progress)
+                      if reserve_dir is not None else None)
     if kind == "unlabelled":  # image files at any depth, folder names meaningless (reserve alike)
-        data = load_unlabelled_folder(data_dir, size=size)
-        return data, load_unlabelled_folder(reserve_dir, like=data) if reserve_dir is not None else None
+        data = load_unlabelled_folder(data_dir, size=size, cache=cache, progress=progress)
+        return data, (load_unlabelled_folder(reserve_dir, like=data, cache=cache, progress=progress)
+                      if reserve_dir is not None else None)
     if size is not None:
         raise ParameterError("size", f"{size[0]}x{size[1]}", "applies to image folders, not feature rows")
     data = load_features(data_dir, kind)

@@ -68,12 +68,12 @@ def _rows(samples: torch.Tensor) -> np.ndarray:
 def _keys(samples: torch.Tensor, coarse: bool, chunk: int = 4096) -> set[tuple[int, int]] | list[tuple[int, int]]:
     """Two 64-bit hashes per sample (random linear forms that wrap around in int64, computed where
     the samples are) of its exact values, or of its values quantised to 8 levels (near copies)."""
-    flat = samples.reshape(len(samples), -1)
+    width = int(np.prod(samples.shape[1:]))
     gen = torch.Generator().manual_seed(0)
-    weights = torch.randint(1, 2 ** 62, (2, flat.shape[1]), generator=gen, dtype=torch.int64).to(flat.device)
+    weights = torch.randint(1, 2 ** 62, (2, width), generator=gen, dtype=torch.int64).to(samples.device)
     keys = []
-    for start in range(0, len(flat), chunk):
-        x = flat[start:start + chunk]
+    for start in range(0, len(samples), chunk):  # a chunk at a time: the samples may be streamed
+        x = samples[start:start + chunk].reshape(-1, width)
         if coarse:
             x = x // 32 if x.dtype == torch.uint8 else torch.round(x.float() * 8)
         values = x.to(torch.int64) if x.dtype == torch.uint8 else x.float().view(torch.int32).to(torch.int64)

@@ -23,13 +23,13 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
+from ..cachedir import default_cache_dir
 from ..data.images import ImageDataset
 from ..errors import ParameterError, SanitizeError
 from ..output import atomic_write
@@ -40,15 +40,6 @@ from .models import Classifier, build_model, default_arch
 
 CACHE_FORMAT = 1
 MIN_STEPS = 600  # small datasets: at least this many SGD steps, so the backdoor is learnt
-
-
-def default_cache_dir() -> Path:
-    """``$SANITIZE_CACHE``, else the user cache directory (XDG), plus ``sanitize``."""
-    env = os.environ.get("SANITIZE_CACHE")
-    if env:
-        return Path(env).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME")
-    return (Path(base).expanduser() if base else Path.home() / ".cache") / "sanitize"
 
 
 def default_schedule(n: int, image_size: int, epochs: int | None = None) -> TrainSpec:

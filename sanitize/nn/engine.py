@@ -22,6 +22,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .models import Classifier
+from .samples import Samples, prefetched
 
 
 @dataclass
@@ -195,10 +196,11 @@ class TrainSpec:
     milestones: tuple[float, ...] = (0.5, 0.75)  # "multistep": x0.1 at each fraction of training
 
 
-def train_supervised(model: Classifier, images: torch.Tensor, labels: torch.Tensor,
+def train_supervised(model: Classifier, images: torch.Tensor | Samples, labels: torch.Tensor,
                      spec: TrainSpec, prep: Preprocess, generator: torch.Generator,
                      on_epoch: Callable[[], None] | None = None) -> Classifier:
-    """Plain supervised SGD on device-resident ``images``/``labels``."""
+    """Plain supervised SGD on ``images``/``labels``: device-resident, or streamed :class:`Samples`
+    (the next batch gathered while this one trains; the same batches either way)."""
     device = images.device
     model.train()
     opt = make_sgd(model, spec.lr, spec.momentum, spec.weight_decay, spec.nesterov)
@@ -208,8 +210,8 @@ def train_supervised(model: Classifier, images: torch.Tensor, labels: torch.Tens
     total = steps_per_epoch * spec.epochs
     step = 0
     for _ in range(spec.epochs):
-        for idx in epoch_batches(n, batch_size, generator, device):
-            x = prep(images[idx])
+        for idx, batch in prefetched(images, epoch_batches(n, batch_size, generator, device)):
+            x = prep(batch)
             if spec.augment:
                 x = augmented(x, spec, prep, generator)
             if spec.lr_schedule != "constant":
@@ -255,7 +257,7 @@ def lr_factor(schedule: str, step: int, total: int, warmup: float = 0.15,
 
 
 @torch.no_grad()
-def infer(model: Classifier, images: torch.Tensor, prep: Preprocess, batch_size: int = 1024,
+def infer(model: Classifier, images: torch.Tensor | Samples, prep: Preprocess, batch_size: int = 1024,
           features: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Logits and optionally penultimate features for every image, in eval mode, in float32.
 
@@ -265,8 +267,9 @@ def infer(model: Classifier, images: torch.Tensor, prep: Preprocess, batch_size:
     """
     model.eval()
     logits_out, feats_out = [], []
-    for start in range(0, len(images), batch_size):
-        x = prep(images[start:start + batch_size])
+    slices = (slice(start, start + batch_size) for start in range(0, len(images), batch_size))
+    for _, batch in prefetched(images, slices):
+        x = prep(batch)
         with full_precision(images.device):
             feats, logits = model.features_and_logits(x)
         logits_out.append(logits.float())

@@ -13,7 +13,7 @@ from torch import nn
 
 from ...data.images import ImageDataset, check_labelled
 from ...data.rows import FeatureDataset
-from ...domains import check_arch, check_seed
+from ...domains import check_arch, check_seed, check_stream
 from ...errors import ParameterError, SanitizeError
 from ...nn.contrastive import ContrastiveSpec
 from ...nn.devices import PhaseTimer, describe, resolve_device, seed_everything
@@ -96,6 +96,7 @@ class ASSET:
     input_size: int | None = None  # the encoder's input side (default: the images' own)
     normalize: str = "imagenet"  # the encoder's input normalisation: "imagenet" or "data"
     ssl_epochs: int | None = None  # self-supervised: SimCLR epochs (default ContrastiveSpec's, with its step floor)
+    stream: bool | None = None  # supervised images: kept on the host, a batch at a time on the device (None: if needed)
 
     def resolved_schedule(self, features: bool = False) -> AssetSchedule:
         """The schedule with this detector's overrides (``features``: the feature-row schedules)."""
@@ -147,7 +148,7 @@ class ASSET:
                 raise SanitizeError("arch ember_mlp is the feature-row network; image folders use a CNN")
             check_labelled(data, "asset --paradigm supervised")
             inputs = image_inputs(data, reserve, self.arch, device, custom=self.model_factory is not None,
-                                  reserve_check=self.reserve_check)
+                                  reserve_check=self.reserve_check, stream=self.stream)
         else:
             raise SanitizeError(f"asset inspects image folders or feature rows, not {type(data).__name__}")
         if self.model_factory is not None:
@@ -163,6 +164,10 @@ class ASSET:
         """Validate the settings, before any data is read (the schedule with its overrides included)."""
         self.resolved_schedule()
         check_seed(self.seed)
+        check_stream(self.stream)
+        if self.stream and self.paradigm != "supervised":
+            raise SanitizeError("stream applies to the supervised paradigm (the others read every image through "
+                                "their encoder once)")
         if self.model_factory is None:
             check_arch(self.arch, also=("ember_mlp",))
         check_paradigm(self.paradigm, self.encoder)
@@ -232,7 +237,8 @@ class ASSET:
                                 **({"global_selected": log.global_selected} if log.global_selected is not None
                                    else {}),
                                 "canaries": inp.n_canaries, "threshold": cut, **inp.settings,
-                                "precision": PRECISION[device.type == "cuda"]})
+                                "precision": PRECISION[device.type == "cuda"],
+                                "streamed": bool(getattr(inp.x, "streamed", False)) and inp.image_side is not None})
         if log.empty_selections:
             result.notes.append(f"{log.empty_selections} of {log.steps} offset steps selected nothing "
                                 f"(max step skipped)")

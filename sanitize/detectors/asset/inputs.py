@@ -24,6 +24,7 @@ from ...nn.engine import (
     stratified_split,
 )
 from ...nn.models import Classifier, build_model, default_arch
+from ...nn.samples import Samples, concat_rows, take_rows
 from ..ct.rows import Standardise, ember_mlp
 from .offset import batch_norm_without_update
 from .schedules import AssetSchedule
@@ -34,44 +35,6 @@ Dataset = ImageDataset | FeatureDataset
 
 # ---------------------------------------------------------------------------------------------
 # Inputs: what the loop needs from image folders and from feature rows
-
-
-class Samples:
-    """Samples ``X[index]`` drawn from one or more tensors, addressed as one sequence.
-
-    Stands in for a tensor wherever the engine and the offset loop index samples (``len``, a
-    slice or an index tensor, ``device``). Feature rows use it so that the labelled rows are
-    never copied out of a (possibly memory-mapped) matrix as a whole and no standardised copy of
-    it exists: each batch is gathered and standardised on its own. A second part appends the
-    canaries (reserve samples) to the inspected ones without concatenating the two.
-    """
-
-    def __init__(self, *parts: tuple[torch.Tensor, torch.Tensor]):
-        self.parts = [(X, index.to(X.device)) for X, index in parts]
-        self.starts = np.cumsum([0] + [len(index) for _, index in self.parts]).tolist()
-
-    def __len__(self) -> int:
-        return self.starts[-1]
-
-    @property
-    def device(self) -> torch.device:
-        return self.parts[0][0].device
-
-    def __getitem__(self, idx: slice | torch.Tensor) -> torch.Tensor:
-        if isinstance(idx, slice):
-            idx = torch.arange(len(self), device=self.device)[idx]
-        idx = idx.to(self.device)
-        if len(self.parts) == 1:
-            X, index = self.parts[0]
-            return X[index[idx]]
-        out = None
-        for (X, index), start, stop in zip(self.parts, self.starts, self.starts[1:], strict=False):
-            mine = (idx >= start) & (idx < stop)
-            rows = X[index[idx[mine] - start]]
-            if out is None:
-                out = rows.new_empty((len(idx), *rows.shape[1:]))
-            out[mine] = rows
-        return out
 
 
 @dataclass
@@ -109,36 +72,19 @@ def with_canaries(inp: Inputs, fraction: float, gen: torch.Generator) -> Inputs:
     clean samples by chance, which :func:`loss_threshold` uses as a floor for the cut. Classes
     with fewer than 4 reserve samples give none, and every class keeps at least 2 for ``l_min``.
 
-    Images (device tensors) are concatenated: a copy of a few hundred images costs nothing, and
-    a plain tensor is gathered per batch without the boolean masks of :class:`Samples`, which
-    wait for the GPU on every batch. Feature rows stay :class:`Samples` views, so a
-    memory-mapped matrix is never copied whole.
+    Images on the device are concatenated: a copy of a few hundred images costs nothing, and a
+    plain tensor is gathered per batch without the boolean masks of :class:`Samples`, which
+    wait for the GPU on every batch. Feature rows and streamed images stay :class:`Samples`
+    views, so a memory-mapped set is never copied whole.
     """
     kept, canaries = stratified_split(inp.reserve_y, inp.num_classes, fraction, gen, min_kept=2)
     if len(canaries) == 0:
         return inp
     device = inp.reserve_y.device
     kept, canaries = kept.to(device), canaries.to(device)
-    if isinstance(inp.x, torch.Tensor) and isinstance(inp.reserve_x, torch.Tensor):
-        x, reserve_x = torch.cat([inp.x, inp.reserve_x[canaries]]), inp.reserve_x[kept]
-    else:
-        x = Samples(*_parts(inp.x), *_parts(inp.reserve_x, canaries))
-        reserve_x = Samples(*_parts(inp.reserve_x, kept))
+    x, reserve_x = concat_rows(inp.x, take_rows(inp.reserve_x, canaries)), take_rows(inp.reserve_x, kept)
     return replace(inp, x=x, y=torch.cat([inp.y, inp.reserve_y[canaries]]), reserve_x=reserve_x,
                    reserve_y=inp.reserve_y[kept], n_canaries=len(canaries))
-
-
-def _parts(x: torch.Tensor | Samples, take: torch.Tensor | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """``x`` (or its samples ``take``) as :class:`Samples` parts."""
-    if isinstance(x, Samples):
-        if take is None:
-            return list(x.parts)
-        if len(x.parts) != 1:
-            raise ValueError("can only take samples from a single-part view")
-        X, index = x.parts[0]
-        return [(X, index[take.to(index.device)])]
-    index = torch.arange(len(x), device=x.device) if take is None else take.to(x.device)
-    return [(x, index)]
 
 
 class TrainModeMap:
@@ -207,7 +153,7 @@ def image_backbone(data: ImageDataset, arch: str, device: torch.device) -> tuple
 
 
 def image_inputs(data: ImageDataset, reserve: ImageDataset, arch: str, device: torch.device,
-                 custom: bool, reserve_check: bool = True) -> Inputs:
+                 custom: bool, reserve_check: bool = True, stream: bool | None = False) -> Inputs:
     """Image folders on ``device``: a CNN on per-channel normalised pixels (``arch`` or auto).
     With ``reserve_check`` the reserve must fit the data (:func:`sanitize.data.reserve_fit.fitted_reserve`)."""
     data.check_reserve(reserve)
@@ -219,7 +165,7 @@ def image_inputs(data: ImageDataset, reserve: ImageDataset, arch: str, device: t
         if arch == "auto":
             notes.append(f"--arch auto chose {chosen} for {describe(device)} at {data.size[0]}x{data.size[1]} px")
         arch = chosen
-    data, reserve = data.to(device), reserve.to(device)
+    data, reserve = data.to(device, stream=stream), reserve.to(device)
     factory, prep = image_backbone(data, arch, device)
     return Inputs(data.images, data.labels, reserve.images, reserve.labels, data.num_classes, factory, prep, arch,
                   np.arange(len(data)), len(data), min(data.size), notes=notes, settings=fit_settings)
@@ -288,9 +234,7 @@ def extractor_inputs(inp: Inputs, with_reserve: bool) -> tuple[torch.Tensor | Sa
     if not with_reserve:
         return inp.x, inp.y
     y = torch.cat([inp.y, inp.reserve_y])
-    if isinstance(inp.x, torch.Tensor) and isinstance(inp.reserve_x, torch.Tensor):
-        return torch.cat([inp.x, inp.reserve_x]), y
-    return Samples(*_parts(inp.x), *_parts(inp.reserve_x)), y
+    return concat_rows(inp.x, inp.reserve_x), y
 
 
 def extractor_spec(schedule: AssetSchedule, n: int, image_side: int | None, augment: bool | None) -> TrainSpec:

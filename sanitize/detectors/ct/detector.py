@@ -13,7 +13,7 @@ from torch.nn import functional as F
 
 from ...data.images import ImageDataset, check_labelled
 from ...data.reserve_fit import fitted_reserve
-from ...domains import check_arch, check_seed
+from ...domains import check_arch, check_seed, check_stream
 from ...errors import SanitizeError
 from ...nn.devices import PhaseTimer, describe, resolve_device, seed_everything
 from ...nn.engine import (
@@ -24,6 +24,7 @@ from ...nn.engine import (
     train_supervised,
 )
 from ...nn.models import Classifier, build_model, default_arch
+from ...nn.samples import concat_rows, take_rows
 from ...progress import Progress, Silent
 from ...result import DetectionResult
 from ..canaries import (
@@ -68,6 +69,7 @@ class ConfusionTraining:
     progress: Progress | None = None
     alpha: float = DEFAULT_ALPHA
     reserve_check: bool = True  # refuse a reserve that does not fit the data (sanitize.data.reserve_fit)
+    stream: bool | None = None  # keep the images on the host, a batch at a time on the device (None: when needed)
     # Diagnostics (benchmarks/ct_rounds.py): called after each distillation with the round, the
     # confused model's per-sample losses (float32, inspected samples first, then canaries) and
     # the indices the next round keeps. None (the default) costs nothing.
@@ -80,6 +82,7 @@ class ConfusionTraining:
         check_alpha(self.alpha)
         check_seed(self.seed)
         check_arch(self.arch, also=("ember_mlp",))
+        check_stream(self.stream)
 
     def detect(self, data: ImageDataset, reserve: ImageDataset) -> DetectionResult:
         from ...data.rows import FeatureDataset
@@ -108,7 +111,7 @@ class ConfusionTraining:
         progress = self.progress or Silent()
         gen = seed_everything(self.seed)
         timer = PhaseTimer(device)
-        data, reserve = data.to(device), reserve.to(device)
+        data, reserve = data.to(device, stream=self.stream), reserve.to(device)
         fit = None
         if self.reserve_check:
             with timer("reserve check"):
@@ -140,9 +143,9 @@ class ConfusionTraining:
             final = r == last
             labels = data.labels[subset]
             freq = torch.ones(c, device=device) if final else class_frequency_weights(labels, c)
-            images = data.images[subset]
+            images = take_rows(data.images, subset)
             if final:  # the reference adds the reserve, labels shifted by one, to the last pretraining
-                images = torch.cat([images, reserve.images])
+                images = concat_rows(images, reserve.images)
                 labels = torch.cat([labels, (reserve.labels + 1) % c])
             steps_per_epoch = max(1, len(labels) // min(schedule.pretrain_batch, len(labels)))
             epochs = max(spec.pretrain_epochs, math.ceil(schedule.min_pretrain_steps / steps_per_epoch))
@@ -182,7 +185,7 @@ class ConfusionTraining:
                                 "class_test": "canaries" if n > n_inspected else "likelihood ratio (the paper's)",
                                 **({"alpha": self.alpha, "flag_share": FLAG_SHARE} if n > n_inspected else {}),
                                 **({"reserve_check": fit.as_dict()} if fit else {}),
-                                "precision": PRECISION[device.type == "cuda"]})
+                                "precision": PRECISION[device.type == "cuda"], "streamed": data.streamed})
         if self.arch == "auto":
             result.notes.append(f"--arch auto chose {arch} for {describe(device)} at "
                                 f"{data.size[0]}x{data.size[1]} px")
@@ -236,7 +239,8 @@ class ConfusionTraining:
 
 def ct(data: ImageDataset, reserve: ImageDataset, *, schedule: str | CTSchedule = "fast",
        arch: str = "auto", device: str | torch.device = "auto", seed: int = 0,
-       progress: Progress | None = None, alpha: float = DEFAULT_ALPHA) -> DetectionResult:
+       progress: Progress | None = None, alpha: float = DEFAULT_ALPHA, stream: bool | None = None
+       ) -> DetectionResult:
     """Run Confusion Training on ``data`` with the trusted ``reserve``; see :class:`ConfusionTraining`."""
     return ConfusionTraining(schedule=schedule, arch=arch, device=device, seed=seed, progress=progress,
-                             alpha=alpha).detect(data, reserve)
+                             alpha=alpha, stream=stream).detect(data, reserve)

@@ -14,6 +14,7 @@ from ...nn.engine import (
     stratified_split,
 )
 from ...nn.models import Classifier
+from ...nn.samples import concat_rows
 from .schedules import CTSchedule, RoundSpec
 
 
@@ -110,7 +111,8 @@ def split_canaries(reserve, fraction: float, gen: torch.Generator):
 
 
 def with_canaries(data: ImageDataset, canaries: ImageDataset) -> ImageDataset:
-    """``data`` followed by ``canaries`` under their true labels, as one tensor the loops index directly."""
-    return ImageDataset(torch.cat([data.images, canaries.images]), torch.cat([data.labels, canaries.labels]),
+    """``data`` followed by ``canaries`` under their true labels, as one tensor the loops index directly
+    (as a view when ``data`` is streamed: the set is never copied whole)."""
+    return ImageDataset(concat_rows(data.images, canaries.images), torch.cat([data.labels, canaries.labels]),
                         data.classes, data.paths + [f"canary:{p}" for p in canaries.paths], data.root,
                         list(data.notes))
