@@ -99,6 +99,22 @@ def crash_line(exc: BaseException, log: Path | None) -> str:
     return f"internal error: {what} ({where}; this is a bug in sanitize, not a verdict)"
 
 
+PEER_FAILED = ("stopped: another process of this torchrun run failed (its own line says why); nothing was "
+               "written")
+
+
+def peer_failed(exc: BaseException) -> bool:
+    """Whether ``exc`` is this process learning that another rank of its process group died
+    (the collective it waited in lost its peer): not a fault of this process, and not a verdict."""
+    dist = sys.modules.get("torch.distributed")
+    if dist is None or not (dist.is_available() and dist.is_initialized()):
+        return False
+    backend_error = getattr(dist, "DistBackendError", ())
+    text = str(exc)
+    return isinstance(exc, backend_error) or any(
+        sign in text for sign in ("Connection closed by peer", "remote worker", "Connection reset by peer"))
+
+
 MAX_WARNING_NOTES = 10
 
 

@@ -19,6 +19,7 @@ from .data.rows import FORMATS
 from .domains import parse_size
 from .errors import ParameterError
 from .exits import EXIT_CLEAN, EXIT_FLAGGED, warnings_as_notes
+from .nn.distributed import barrier, current
 from .output import claim_out_dir, staged_output
 from .progress import Progress, RichProgress, Silent
 from .report.build import build_report, write_report
@@ -83,25 +84,38 @@ def run(detect: Detect, data_dir: Path, reserve_dir: Path | None, opts: RunOptio
 
     ``--out`` is checked and locked before the inputs are read, and stays locked until the results
     are in place, so a second run to the same folder is refused at once. Returns the report (with
-    the gate's verdict in ``summary.gate``) and the folder it was written to."""
+    the gate's verdict in ``summary.gate``) and the folder it was written to.
+
+    Under ``torchrun`` every rank loads and detects (the detector shares the work out), and rank 0
+    alone claims ``--out``, shows progress and writes; the other ranks return the same report.
+    """
+    if not current().main:
+        return _detect(detect, data_dir, reserve_dir, opts)[2], opts.out
     with claim_out_dir(opts.out, [data_dir, reserve_dir], opts.force) as out:
-        return _detect_and_write(detect, data_dir, reserve_dir, opts, out), out
+        data, result, report = _detect(detect, data_dir, reserve_dir, opts)
+        with staged_output(out, opts.force) as staging:
+            data.write_subset(result.kept_indices, staging)  # the cleaned copy, in the input's own form
+            write_report(report, staging)
+            if opts.html:
+                write_html_report(report, staging, **data.report_evidence())
+        return report, out
 
 
-def _detect_and_write(detect: Detect, data_dir: Path, reserve_dir: Path | None, opts: RunOptions,
-                      out: Path) -> dict:
+def _detect(detect: Detect, data_dir: Path, reserve_dir: Path | None, opts: RunOptions
+            ) -> tuple[Dataset, DetectionResult, dict]:
+    """The inspected data, the detector's result and the report (with the gate's verdict)."""
+    world = current()
     warned: list[str] = []
     with warnings_as_notes(warned):
-        bars = RichProgress() if not (opts.quiet or opts.json_only) else nullcontext(Silent())
-        with bars as progress:
+        shown = world.main and not (opts.quiet or opts.json_only)
+        with (RichProgress() if shown else nullcontext(Silent())) as progress:
+            if not world.main:
+                barrier()  # rank 0 decodes into the cache first; the other ranks map what it wrote
             data, reserve = load_inputs(data_dir, reserve_dir, opts, progress)
+            if world.main:
+                barrier()
             result = detect(data, reserve, progress)
     result.notes.extend(warned)
     report = build_report(data, result)
     report["summary"]["gate"] = gate(report["summary"], opts.max_flagged_fraction, opts.fail_on_detect)
-    with staged_output(out, opts.force) as staging:
-        data.write_subset(result.kept_indices, staging)  # the cleaned copy, in the input's own form
-        write_report(report, staging)
-        if opts.html:
-            write_html_report(report, staging, **data.report_evidence())
-    return report
+    return data, result, report

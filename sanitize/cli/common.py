@@ -7,6 +7,7 @@ Kept free of torch and the detectors (they are imported when a command runs), so
 from __future__ import annotations
 
 import json
+import os
 from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -118,12 +119,39 @@ HtmlOpt = Annotated[bool, typer.Option(
     "--html/--no-html", help="Also write report.html, a self-contained page with thumbnails and histograms.")]
 
 
+DATA_PARALLEL_COMMANDS = ("ct",)
+
+
+def refuse_torchrun(args: list[str]) -> None:
+    """Under ``torchrun`` (``WORLD_SIZE`` > 1), only the commands that share their work out may run:
+    any other would run once per process, racing for its outputs. Read from the environment, so
+    that a plain run does not import torch for it."""
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) <= 1:
+        return
+    command = next((a for a in args if not a.startswith("-")), None)
+    if command is not None and command not in DATA_PARALLEL_COMMANDS:
+        raise SanitizeError(f"torchrun: {command} runs in one process (only "
+                            f"{', '.join(DATA_PARALLEL_COMMANDS)} runs data-parallel); start it without torchrun")
+
+
+def join_torchrun(device: str) -> None:
+    """Under ``torchrun``: join the process group before any data is read (no-op otherwise)."""
+    from ..nn.devices import resolve_device
+    from ..nn.distributed import launched, start
+
+    if launched():
+        start(resolve_device(device))
+
+
 def run_detector(detect: Detect, data_dir: Path, reserve_dir: Path | None, opts: RunOptions) -> int:
     """Run the pipeline (:func:`sanitize.pipeline.run`) and say what it found: the summary table,
     or one JSON document with ``--json-only``; the exit code is the gate's."""
     from .. import pipeline
+    from ..nn.distributed import current
 
     report, out = pipeline.run(detect, data_dir, reserve_dir, opts)
+    if not current().main:  # another rank of a torchrun run: rank 0 speaks for the run
+        return report["summary"]["gate"]["exit_code"]
     if opts.json_only:
         print(json.dumps({"summary": report["summary"], "out": str(out)}))
     elif not opts.quiet:

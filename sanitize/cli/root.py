@@ -30,9 +30,11 @@ from ..exits import (  # noqa: F401 -- EXIT_* are part of this module's interfac
     EXIT_INTERNAL,
     EXIT_INTERRUPTED,
     INTERRUPTED,
+    PEER_FAILED,
     Terminated,
     catch_termination,
     crash_line,
+    peer_failed,
     stopped,
     warnings_as_notes,
     write_crash_log,
@@ -61,6 +63,8 @@ from .common import (
     SizeOpt,
     StreamOpt,
     input_format,
+    join_torchrun,
+    refuse_torchrun,
     run_detector,
     stderr,
     stdout,
@@ -109,6 +113,7 @@ def ct_command(
     from ..pipeline import RunOptions
 
     resolve_device(device)
+    join_torchrun(device)
     detector = ConfusionTraining(schedule=schedule.value, arch=arch, device=device, seed=seed, alpha=alpha,
                                  stream=stream)
     detector.check()  # a bad --arch / --alpha: exit 2 before any loading
@@ -191,6 +196,7 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point: results to 0/1, user errors to one line + exit 2, crashes to one line + exit 3."""
     catch_termination()
     try:
+        refuse_torchrun(sys.argv[1:] if argv is None else [str(a) for a in argv])
         with warnings_as_notes([]):  # the commands that do not write a report: kept off stderr (see there)
             code = app(args=argv, standalone_mode=False)
     except SanitizeError as exc:
@@ -205,6 +211,9 @@ def main(argv: list[str] | None = None) -> None:
         stderr.print(INTERRUPTED, markup=False)
         sys.exit(EXIT_INTERRUPTED)
     except Exception as exc:
+        if peer_failed(exc):
+            stderr.print(PEER_FAILED, markup=False, highlight=False, soft_wrap=True, emoji=False)
+            sys.exit(EXIT_INTERNAL)
         message = _usage_error_message(exc)
         if message is None:
             _crash(exc)

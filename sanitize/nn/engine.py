@@ -21,8 +21,11 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .distributed import current, data_parallel, gather_rows, loss_scale
 from .models import Classifier
 from .samples import Samples, prefetched
+
+Part = tuple[int, slice] | None  # (samples in the whole batch, this rank's slice of it)
 
 
 @dataclass
@@ -59,18 +62,21 @@ def host_to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
     return t.pin_memory().to(device, non_blocking=True)
 
 
-def flip_and_crop(x: torch.Tensor, generator: torch.Generator, pad: int) -> torch.Tensor:
+def flip_and_crop(x: torch.Tensor, generator: torch.Generator, pad: int, part: Part = None) -> torch.Tensor:
     """Random horizontal flip and random ``pad``-pixel translation (reflect padding), per sample.
 
     One gather for the whole batch; the random draws come from the CPU generator so that
     augmentation is seeded the same way as batching, and reach the device without a sync.
+    ``part``: ``x`` is the slice ``part[1]`` of a batch of ``part[0]`` samples (a data-parallel
+    rank's shard): the draws are made for the whole batch, so every rank's generator stays in step.
     """
     n, _, h, w = x.shape
-    flip = torch.rand(n, generator=generator) < 0.5
+    total, rows = part or (n, slice(None))
+    flip = (torch.rand(total, generator=generator) < 0.5)[rows]
     x = torch.where(host_to_device(flip, x.device)[:, None, None, None], x.flip(-1), x)
     if pad <= 0:
         return x
-    shifts = host_to_device(torch.randint(0, 2 * pad + 1, (2, n), generator=generator), x.device)
+    shifts = host_to_device(torch.randint(0, 2 * pad + 1, (2, total), generator=generator)[:, rows], x.device)
     padded = F.pad(x, (pad, pad, pad, pad), mode="reflect")
     rows = (torch.arange(h, device=x.device)[None, :] + shifts[0][:, None])[:, None, :, None]
     cols = (torch.arange(w, device=x.device)[None, :] + shifts[1][:, None])[:, None, None, :]
@@ -79,15 +85,18 @@ def flip_and_crop(x: torch.Tensor, generator: torch.Generator, pad: int) -> torc
     return padded[batch, chan, rows, cols]
 
 
-def random_rotation(x: torch.Tensor, generator: torch.Generator, degrees: float, fill: torch.Tensor) -> torch.Tensor:
+def random_rotation(x: torch.Tensor, generator: torch.Generator, degrees: float, fill: torch.Tensor,
+                    part: Part = None) -> torch.Tensor:
     """Rotate each image by its own angle drawn uniformly from ``[-degrees, degrees]`` (nearest
     neighbour, corners filled with ``fill``), like torchvision's ``RandomRotation(degrees)`` on the
     undecoded image: the CT paper's GTSRB augmentation (traffic signs must not be flipped).
 
-    ``x`` is normalised, so ``fill`` is what a black pixel normalises to (1 x C x 1 x 1).
+    ``x`` is normalised, so ``fill`` is what a black pixel normalises to (1 x C x 1 x 1). ``part``:
+    as for :func:`flip_and_crop`.
     """
-    n = len(x)
-    angles = host_to_device((torch.rand(n, generator=generator) * 2 - 1) * degrees * torch.pi / 180, x.device)
+    total, rows = part or (len(x), slice(None))
+    angles = host_to_device(((torch.rand(total, generator=generator) * 2 - 1) * degrees * torch.pi / 180)[rows],
+                            x.device)
     cos, sin = torch.cos(angles), torch.sin(angles)
     zero = torch.zeros_like(cos)
     theta = torch.stack([torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1).to(x.dtype)
@@ -200,25 +209,34 @@ def train_supervised(model: Classifier, images: torch.Tensor | Samples, labels: 
                      spec: TrainSpec, prep: Preprocess, generator: torch.Generator,
                      on_epoch: Callable[[], None] | None = None) -> Classifier:
     """Plain supervised SGD on ``images``/``labels``: device-resident, or streamed :class:`Samples`
-    (the next batch gathered while this one trains; the same batches either way)."""
+    (the next batch gathered while this one trains; the same batches either way). Under
+    ``torchrun`` each rank trains on its shard of every batch (:mod:`sanitize.nn.distributed`)."""
     device = images.device
-    model.train()
+    world = current()
+    net = data_parallel(model)
+    net.train()
     opt = make_sgd(model, spec.lr, spec.momentum, spec.weight_decay, spec.nesterov)
     n = len(labels)
-    batch_size = min(spec.batch_size, n)
+    batch_size = min(spec.batch_size, n)  # every batch has this many samples (the last partial one is dropped)
+    shard = world.shard(batch_size)
     steps_per_epoch = max(1, n // batch_size)
     total = steps_per_epoch * spec.epochs
     step = 0
     for _ in range(spec.epochs):
-        for idx, batch in prefetched(images, epoch_batches(n, batch_size, generator, device)):
+        batches = epoch_batches(n, batch_size, generator, device)
+        if world.parallel:
+            batches = (full[shard] for full in batches)
+        for idx, batch in prefetched(images, batches):
             x = prep(batch)
             if spec.augment:
-                x = augmented(x, spec, prep, generator)
+                x = augmented(x, spec, prep, generator, (batch_size, shard) if world.parallel else None)
             if spec.lr_schedule != "constant":
                 for group in opt.param_groups:
                     group["lr"] = spec.lr * lr_factor(spec.lr_schedule, step, total, milestones=spec.milestones)
             with autocast(device):
-                loss = F.cross_entropy(model(x).float(), labels[idx])
+                loss = F.cross_entropy(net(x).float(), labels[idx])
+            if world.parallel:
+                loss = loss * loss_scale(len(idx), batch_size)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -228,13 +246,15 @@ def train_supervised(model: Classifier, images: torch.Tensor | Samples, labels: 
     return model
 
 
-def augmented(x: torch.Tensor, spec: TrainSpec, prep: Preprocess, generator: torch.Generator) -> torch.Tensor:
-    """The training batch ``x`` (normalised) under ``spec``'s augmentation."""
+def augmented(x: torch.Tensor, spec: TrainSpec, prep: Preprocess, generator: torch.Generator,
+              part: Part = None) -> torch.Tensor:
+    """The training batch ``x`` (normalised) under ``spec``'s augmentation (``part``: see
+    :func:`flip_and_crop`)."""
     if spec.augmentation == "rotate":
         black = prep(torch.zeros((1, x.shape[1], 1, 1), dtype=torch.uint8, device=x.device))
-        return random_rotation(x, generator, spec.rotation_degrees, black)
+        return random_rotation(x, generator, spec.rotation_degrees, black, part)
     if spec.augmentation == "flip-crop":
-        return flip_and_crop(x, generator, spec.crop_pad)
+        return flip_and_crop(x, generator, spec.crop_pad, part)
     raise ValueError(f"unknown augmentation {spec.augmentation!r}")
 
 
@@ -263,11 +283,14 @@ def infer(model: Classifier, images: torch.Tensor | Samples, prep: Preprocess, b
 
     Detectors read their decisions from these (distillation losses, class statistics, scores), so
     they are computed at full precision on every device: bf16 keeps 8 bits of mantissa, coarser
-    than the loss differences the decisions rest on. Training runs under bf16 autocast.
+    than the loss differences the decisions rest on. Training runs under bf16 autocast. Under
+    ``torchrun`` each rank reads its part of the rows and every rank gets all of them.
     """
     model.eval()
+    world = current()
+    rows = world.shard(len(images)) if world.parallel else slice(0, len(images))
     logits_out, feats_out = [], []
-    slices = (slice(start, start + batch_size) for start in range(0, len(images), batch_size))
+    slices = (slice(start, min(start + batch_size, rows.stop)) for start in range(rows.start, rows.stop, batch_size))
     for _, batch in prefetched(images, slices):
         x = prep(batch)
         with full_precision(images.device):
@@ -276,7 +299,11 @@ def infer(model: Classifier, images: torch.Tensor | Samples, prep: Preprocess, b
         if features:
             feats_out.append(feats.float())
     logits = torch.cat(logits_out) if logits_out else torch.empty(0)
-    return logits, (torch.cat(feats_out) if features else None)
+    feats = torch.cat(feats_out) if features else None
+    if world.parallel:
+        logits = gather_rows(logits, len(images))
+        feats = gather_rows(feats, len(images)) if features else None
+    return logits, feats
 
 
 def global_pool(model: nn.Module) -> nn.Module | None:

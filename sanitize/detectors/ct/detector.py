@@ -16,6 +16,7 @@ from ...data.reserve_fit import fitted_reserve
 from ...domains import check_arch, check_seed, check_stream
 from ...errors import SanitizeError
 from ...nn.devices import PhaseTimer, describe, resolve_device, seed_everything
+from ...nn.distributed import current, local_device
 from ...nn.engine import (
     PRECISION,
     Preprocess,
@@ -91,6 +92,10 @@ class ConfusionTraining:
         if isinstance(data, FeatureDataset):  # feature rows (EMBER): the paper's feature variant
             from .rows import FeatureConfusionTraining
 
+            if current().parallel:
+                raise SanitizeError("torchrun: ct on feature rows runs in one process (image folders run "
+                                    "data-parallel)")
+
             if isinstance(self.schedule, CTSchedule):
                 raise SanitizeError("feature rows take a feature schedule (fast or reference), not an image one")
             return FeatureConfusionTraining(schedule=self.schedule, arch=self.arch, device=self.device, seed=self.seed,
@@ -99,7 +104,7 @@ class ConfusionTraining:
         if self.arch == "ember_mlp":
             raise SanitizeError("arch ember_mlp is the feature-row network; image folders use a CNN")
         check_labelled(data, "ct")  # confusion relabels samples, and the class test reads labels
-        device = resolve_device(self.device)
+        device = local_device(resolve_device(self.device))
         schedule = self.schedule if isinstance(self.schedule, CTSchedule) else get_schedule(self.schedule)
         data.check_reserve(reserve)
         need = max(2 * data.num_classes, fewest_samples([r.keep_ratio for r in schedule.rounds if r.keep_ratio]))
@@ -185,7 +190,8 @@ class ConfusionTraining:
                                 "class_test": "canaries" if n > n_inspected else "likelihood ratio (the paper's)",
                                 **({"alpha": self.alpha, "flag_share": FLAG_SHARE} if n > n_inspected else {}),
                                 **({"reserve_check": fit.as_dict()} if fit else {}),
-                                "precision": PRECISION[device.type == "cuda"], "streamed": data.streamed})
+                                "precision": PRECISION[device.type == "cuda"], "streamed": data.streamed,
+                                "processes": current().size})
         if self.arch == "auto":
             result.notes.append(f"--arch auto chose {arch} for {describe(device)} at "
                                 f"{data.size[0]}x{data.size[1]} px")

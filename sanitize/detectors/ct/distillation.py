@@ -6,6 +6,7 @@ import torch
 from torch.nn import functional as F
 
 from ...data.images import ImageDataset
+from ...nn.distributed import current, data_parallel, loss_scale
 from ...nn.engine import (
     Preprocess,
     autocast,
@@ -34,28 +35,36 @@ def confusion_train(model: Classifier, data: ImageDataset, subset: torch.Tensor,
     """
     device = data.device
     c = data.num_classes
+    world = current()
+    net = data_parallel(model)
     opt = make_sgd(model, spec.lr, schedule.confusion_momentum, schedule.weight_decay)
     steps = spec.steps_for(len(reserve), schedule.batch_size, schedule.min_confusion_steps)
     reserve_plan = planned_batches(len(reserve), schedule.batch_size, steps, gen, device)
     inspect_plan = planned_batches(len(subset), schedule.inspect_batch_size, -(-steps // spec.batch_factor),
                                    gen, device)
-    model.train()
+    net.train()
     for step in range(steps):
-        r_idx = reserve_plan[step]
+        r_full = reserve_plan[step]
+        r_idx = r_full[world.shard(len(r_full))] if world.parallel else r_full
         shift = 1 + step % max(1, c - 1)
         targets_conf = (base_pred[r_idx] + shift) % c
         x = reserve.images[r_idx]
         if step % spec.batch_factor == 0:
-            d_idx = subset[inspect_plan[step // spec.batch_factor]]
+            d_full = subset[inspect_plan[step // spec.batch_factor]]
+            d_idx = d_full[world.shard(len(d_full))] if world.parallel else d_full
             x = torch.cat([x, data.images[d_idx]])
         with autocast(device):
-            logits = model(prep(x)).float()
+            logits = net(prep(x)).float()
         loss_conf = F.cross_entropy(logits[: len(r_idx)], targets_conf)
+        if world.parallel:
+            loss_conf = loss_conf * loss_scale(len(r_idx), len(r_full))
         if len(logits) > len(r_idx):
             d_labels = data.labels[d_idx]
             weights = 1.0 / freq[d_labels]
             losses = F.cross_entropy(logits[len(r_idx):], d_labels, reduction="none")
             loss_insp = (losses * weights).sum() / weights.sum()
+            if world.parallel:  # this rank's share of the whole batch's weighted mean
+                loss_insp = loss_insp * (weights.sum() * world.size / (1.0 / freq[data.labels[d_full]]).sum())
             loss = ((spec.lam - 1) * loss_conf + loss_insp) / spec.lam
         else:
             loss = loss_conf
