@@ -90,7 +90,9 @@ def run(detect: Detect, data_dir: Path, reserve_dir: Path | None, opts: RunOptio
     alone claims ``--out``, shows progress and writes; the other ranks return the same report.
     """
     if not current().main:
-        return _detect(detect, data_dir, reserve_dir, opts)[2], opts.out
+        report = _detect(detect, data_dir, reserve_dir, opts)[2]
+        barrier()  # until rank 0 has written: torchrun stops every process once one has exited non-zero
+        return report, opts.out
     with claim_out_dir(opts.out, [data_dir, reserve_dir], opts.force) as out:
         data, result, report = _detect(detect, data_dir, reserve_dir, opts)
         with staged_output(out, opts.force) as staging:
@@ -98,7 +100,8 @@ def run(detect: Detect, data_dir: Path, reserve_dir: Path | None, opts: RunOptio
             write_report(report, staging)
             if opts.html:
                 write_html_report(report, staging, **data.report_evidence())
-        return report, out
+    barrier()
+    return report, out
 
 
 def _detect(detect: Detect, data_dir: Path, reserve_dir: Path | None, opts: RunOptions

@@ -1,4 +1,4 @@
-"""``torchrun -m sanitize ct``: two CPU processes (gloo) share the work; rank 0 alone writes."""
+"""``torchrun -m sanitize ct|asset|scan``: two CPU processes (gloo) share the work; rank 0 alone writes."""
 
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ def test_two_processes_flag_what_one_does(digits_folders, ct_digits_run, tmp_pat
     before = tree_digest(data)
     out = tmp_path / "cleaned"
     done = torchrun("ct", data, "--reserve", reserve, "--out", out, "--device", "cpu", "--json-only")
-    assert done.returncode != 0 and single_code == 1  # each rank exits 1 (poison flagged); torchrun reports it
+    assert done.returncode == single_code == 1  # rank 0's verdict (poison flagged), which torchrun reports
     assert tree_digest(data) == before
     printed = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
     assert len(printed) == 1  # rank 0 alone speaks for the run
@@ -80,7 +80,33 @@ def test_a_crashed_rank_ends_the_run_without_output(digits_folders, tmp_path) ->
                                                         if line.strip().startswith("File "))
 
 
-@pytest.mark.parametrize("command", ["asset", "scan", "attack", "demo"])
+def test_asset_in_two_processes(digits_folders, tmp_path) -> None:
+    data, reserve, truth = digits_folders
+    out = tmp_path / "cleaned"
+    done = torchrun("asset", data, "--reserve", reserve, "--out", out, "--device", "cpu", "--quiet")
+    assert done.returncode == 1, done.stderr[-2000:]
+    report = json.loads((out / "report.json").read_text())
+    assert report["summary"]["settings"]["processes"] == 2 and report["summary"]["suspected_classes"] == ["0"]
+    ours, n = flagged(out / "report.json"), len(report["samples"])
+    assert len(ours & truth) >= 0.9 * len(truth) and len(ours - truth) <= 0.05 * (n - len(truth))
+
+
+def test_scan_in_two_processes_trains_once_and_reuses_the_model(digits_folders, tmp_path) -> None:
+    """Every rank must agree that the cached model exists before any loads it (a rank that trained
+    while the other loaded would wait forever): the second run loads it on both."""
+    data, _, _ = digits_folders
+    env = {"SANITIZE_CACHE": str(tmp_path / "cache")}
+    first = torchrun("scan", "spectral", data, "--out", tmp_path / "one", "--device", "cpu", "--quiet", env=env)
+    second = torchrun("scan", "spectral", data, "--out", tmp_path / "two", "--device", "cpu", "--quiet", env=env)
+    assert first.returncode == second.returncode == 1  # spectral removes a budget from every class
+    one, two = (json.loads((tmp_path / name / "report.json").read_text())["summary"] for name in ("one", "two"))
+    assert "train model" in one["timings"] and "load cached model" in two["timings"]
+    assert one["settings"]["processes"] == 2 and flagged(tmp_path / "one" / "report.json") == \
+        flagged(tmp_path / "two" / "report.json")
+    assert [p.name.endswith("-2p.pt") for p in (tmp_path / "cache" / "models").iterdir()] == [True]
+
+
+@pytest.mark.parametrize("command", ["attack", "demo", "bench", "evaluate"])
 def test_commands_that_do_not_share_work_refuse_torchrun(command: str, monkeypatch, capsys) -> None:
     monkeypatch.setenv("WORLD_SIZE", "2")
     assert run_cli(command, "whatever") == 2

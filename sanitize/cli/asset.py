@@ -30,6 +30,7 @@ from .common import (
     SizeOpt,
     StreamOpt,
     input_format,
+    join_torchrun,
     run_detector,
 )
 
@@ -110,6 +111,7 @@ def asset_command(
     from ..pipeline import RunOptions
 
     resolve_device(device)
+    join_torchrun(device)
     detector = ASSET(schedule=schedule.value, arch=arch, device=device, seed=seed, epsilon=epsilon,
                      batch_size=batch_size, alpha=alpha, paradigm=paradigm.value, encoder=encoder,
                      input_size=input_size, normalize=normalize.value,

@@ -18,6 +18,7 @@ from rich.table import Table
 
 from ..domains import SEED_RANGE
 from ..errors import SanitizeError
+from ..exits import EXIT_CLEAN
 
 if TYPE_CHECKING:
     from ..pipeline import Detect, RunOptions
@@ -119,7 +120,7 @@ HtmlOpt = Annotated[bool, typer.Option(
     "--html/--no-html", help="Also write report.html, a self-contained page with thumbnails and histograms.")]
 
 
-DATA_PARALLEL_COMMANDS = ("ct",)
+DATA_PARALLEL_COMMANDS = ("ct", "asset", "scan")
 
 
 def refuse_torchrun(args: list[str]) -> None:
@@ -150,8 +151,8 @@ def run_detector(detect: Detect, data_dir: Path, reserve_dir: Path | None, opts:
     from ..nn.distributed import current
 
     report, out = pipeline.run(detect, data_dir, reserve_dir, opts)
-    if not current().main:  # another rank of a torchrun run: rank 0 speaks for the run
-        return report["summary"]["gate"]["exit_code"]
+    if not current().main:  # another rank of a torchrun run: rank 0 speaks for the run (and gives its exit code)
+        return EXIT_CLEAN
     if opts.json_only:
         print(json.dumps({"summary": report["summary"], "out": str(out)}))
     elif not opts.quiet:

@@ -33,6 +33,7 @@ from .common import (
     SeedOpt,
     SizeOpt,
     input_format,
+    join_torchrun,
     run_detector,
 )
 
@@ -133,6 +134,7 @@ def scan_command(
     method = ScanMethod(method).value
     settings = scan_settings(method, budget, frr, arch, epochs, cache_dir, layer, reclassify, reclassify_threshold)
     resolve_device(device)
+    join_torchrun(device)
     if method == "scan" and reserve is None:
         raise SanitizeError("scan needs a trusted clean reserve: pass --reserve")
     detector = get_detector(method, device=device, seed=seed, **settings)

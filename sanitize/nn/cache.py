@@ -35,6 +35,7 @@ from ..errors import ParameterError, SanitizeError
 from ..output import atomic_write
 from ..progress import Progress, Silent
 from .devices import seed_everything
+from .distributed import current, everyone
 from .engine import Preprocess, TrainSpec, infer, train_supervised
 from .models import Classifier, build_model, default_arch
 
@@ -115,12 +116,15 @@ def trained_model(data: ImageDataset, *, arch: str = "auto", seed: int = 0, devi
     arch = default_arch(device, min(data.size)) if arch == "auto" else arch
     spec = default_schedule(len(data), min(data.size), epochs)
     key = cache_key(content_hash(data), seed, arch, spec)
+    world = current()
+    if world.parallel:  # trained data-parallel: the same model up to noise on GPUs, not bit for bit (see distributed)
+        key = f"{key}-{world.size}p"
     root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     path = root / "models" / f"{key}.pt"
     gen = seed_everything(seed)  # before the model is built: its initial weights come from the seed too
     model = build_model(arch, data.num_classes, data.channels, min(data.size)).to(device)
     entry = _load(path, device) if use_cache else None
-    if entry is not None and entry.get("format") == CACHE_FORMAT:
+    if everyone(entry is not None and entry.get("format") == CACHE_FORMAT):
         model.load_state_dict(entry["state_dict"])
         prep = Preprocess(entry["mean"].to(device), entry["std"].to(device), channels_last=device.type == "cuda")
         return TrainedModel(model, prep, entry["features"].float().cpu(), entry["logits"].float().cpu(), arch, spec,
@@ -135,7 +139,7 @@ def trained_model(data: ImageDataset, *, arch: str = "auto", seed: int = 0, devi
     seconds = time.perf_counter() - start
     logits, feats = infer(model, images, prep, features=True)
     trained = TrainedModel(model, prep, feats.float().cpu(), logits.float().cpu(), arch, spec, key, False, seconds)
-    if use_cache:
+    if use_cache and world.main:
         try:
             _atomic_save({"format": CACHE_FORMAT, "state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
                           "mean": prep.mean.cpu(), "std": prep.std.cpu(), "features": trained.features,

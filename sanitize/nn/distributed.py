@@ -1,7 +1,10 @@
 """Data-parallel runs under ``torchrun``: PyTorch's own launcher and process groups, nothing of ours.
 
-``torchrun --nproc-per-node N -m sanitize ct ...`` starts N processes (ranks) that all read the
-same data and draw the same seeded batch plans. Every training batch is cut into N contiguous
+``torchrun --nproc-per-node N -m sanitize ct ...`` (or ``asset``, ``scan``) starts N processes
+(ranks) that all read the same data and draw the same seeded batch plans. What is shared out is
+:func:`sanitize.nn.engine.train_supervised`, CT's confusion training and
+:func:`sanitize.nn.engine.infer`; every other computation runs in full on every rank, on the
+same inputs, and so gives the same result there. Every training batch is cut into N contiguous
 shards, one per rank; the model is wrapped in :class:`~torch.nn.parallel.DistributedDataParallel`,
 which averages the gradients, and each rank scales its loss so that the average is the gradient
 of the whole batch's loss (shards may differ in size by one). Per-sample passes (losses, scores,
@@ -117,6 +120,17 @@ def gather_rows(part: torch.Tensor, total: int) -> torch.Tensor:
     pieces = [torch.empty_like(padded) for _ in range(world.size)]
     dist.all_gather(pieces, padded.contiguous())
     return torch.cat([piece[: s.stop - s.start] for piece, s in zip(pieces, sizes, strict=True)])
+
+
+def everyone(flag: bool) -> bool:
+    """Whether ``flag`` holds on every rank: a decision all ranks must take the same way (whether a
+    cached model can be loaded: a rank that trains while another loads would wait forever)."""
+    world = current()
+    if not world.parallel:
+        return flag
+    flags: list[object] = [None] * world.size
+    dist.all_gather_object(flags, bool(flag))
+    return all(flags)
 
 
 def barrier() -> None:

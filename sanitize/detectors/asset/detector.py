@@ -17,6 +17,7 @@ from ...domains import check_arch, check_seed, check_stream
 from ...errors import ParameterError, SanitizeError
 from ...nn.contrastive import ContrastiveSpec
 from ...nn.devices import PhaseTimer, describe, resolve_device, seed_everything
+from ...nn.distributed import current, local_device
 from ...nn.encoders import NORMALIZATIONS, Encoder
 from ...nn.engine import (
     PRECISION,
@@ -185,7 +186,7 @@ class ASSET:
     def detect(self, data: Dataset, reserve: Dataset) -> DetectionResult:
         """Train the extractor on the inspected samples, run the offset loop, score and threshold."""
         self.check()
-        device = resolve_device(self.device)
+        device = local_device(resolve_device(self.device))
         schedule = self.resolved_schedule(features=isinstance(data, FeatureDataset))
         if self.paradigm == "self-supervised":  # one global test: its power grows with the canary count
             schedule = replace(schedule, canary_fraction=max(schedule.canary_fraction, SSL_CANARY_FRACTION))
@@ -238,7 +239,8 @@ class ASSET:
                                    else {}),
                                 "canaries": inp.n_canaries, "threshold": cut, **inp.settings,
                                 "precision": PRECISION[device.type == "cuda"],
-                                "streamed": bool(getattr(inp.x, "streamed", False)) and inp.image_side is not None})
+                                "streamed": bool(getattr(inp.x, "streamed", False)) and inp.image_side is not None,
+                                "processes": current().size})
         if log.empty_selections:
             result.notes.append(f"{log.empty_selections} of {log.steps} offset steps selected nothing "
                                 f"(max step skipped)")

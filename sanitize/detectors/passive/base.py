@@ -33,6 +33,7 @@ from ...domains import check_arch, check_epochs, check_seed
 from ...errors import ParameterError, SanitizeError
 from ...nn.cache import TrainedModel, trained_model
 from ...nn.devices import describe, resolve_device
+from ...nn.distributed import current, local_device
 from ...nn.engine import global_pool, pooled_map
 from ...progress import Progress, Silent
 from ...result import DetectionResult
@@ -106,7 +107,7 @@ class PassiveDetector:
             raise SanitizeError(f"{self.name} inspects image folders; for {getattr(data, 'kind', 'this data')} "
                                 f"use {readers or 'another detector'}")
         check_labelled(data, self.name)
-        device = resolve_device(self.device)
+        device = local_device(resolve_device(self.device))
         if reserve is not None:
             data.check_reserve(reserve)
         elif self.needs_reserve:
@@ -130,7 +131,8 @@ class PassiveDetector:
         result.finish(timings={("load cached model" if trained.cached else "train model"): model_seconds,
                                "score": max(0.0, time.perf_counter() - start - sum(own.values())), **own},
                       seed=self.seed, device=describe(device),
-                      settings={**self.own_settings(), **trained.settings(), "reserve": reserve is not None})
+                      settings={**self.own_settings(), **trained.settings(), "reserve": reserve is not None,
+                                "processes": current().size})
         if trained.cached:
             result.notes.append(f"model loaded from the cache (trained in {trained.train_seconds:.1f} s "
                                 f"by an earlier run)")
