@@ -9,8 +9,8 @@ compress like photographs, not like noise) unless it exists, then measures
   with the cache's size on disk;
 * a streaming pass: every image once, in shuffled batches of 512, gathered from the memory map by
   the prefetching loader and normalised (:func:`sanitize.nn.samples.prefetched`), in images/s;
-* one epoch of ``small_cnn`` training on the streamed set (``--train-images`` of them; the CPU
-  is slow to train, the loader is what is measured);
+* one epoch of ``--arch`` training on ``--train-images`` of them, streamed to ``--device`` (and,
+  on a GPU, the same epoch with the images resident on it, for the cost of streaming);
 
 with the peak anonymous memory of this process during each phase (``RssAnon``: what the set
 would cost if it were loaded; pages of the mapped file are the OS's page cache and are not
@@ -103,6 +103,8 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=200_000)
     parser.add_argument("--side", type=int, default=64)
     parser.add_argument("--train-images", type=int, default=20_000)
+    parser.add_argument("--device", default="cpu", help="where the stream pass and training deliver (cpu, cuda)")
+    parser.add_argument("--arch", default="small_cnn")
     parser.add_argument("--work", type=Path, required=True, help="folder for the generated images and the cache")
     args = parser.parse_args()
     root, cache = args.work / f"folder_{args.images}_{args.side}", DecodeCache(args.work / "cache", "on")
@@ -117,27 +119,36 @@ def main() -> None:
     r["cache_gib"] = sum(p.stat().st_size for p in cache.root.rglob("*") if p.is_file()) / 2**30
     r["set_gib"] = data.images.numel() / 2**30
 
-    streamed = data.to("cpu", stream=True)
+    device = torch.device(args.device)
+    streamed = data.to(device, stream=True)
     prep = Preprocess.fit(streamed.images)
     gen = torch.Generator().manual_seed(0)
     with peak_anon(r, "stream"):
-        total = 0.0
+        total = torch.zeros((), device=device)
         for _, batch in prefetched(streamed.images, epoch_batches(len(streamed), 512, gen)):
-            total += float(prep(batch).mean())
+            total += prep(batch).mean()
+        float(total)  # waits for the device
     r["stream_images_per_s"] = len(streamed) / r["stream_s"]
 
-    part = streamed.subset(np.sort(np.random.default_rng(0).permutation(len(streamed))[: args.train_images]))
-    model = build_model("small_cnn", part.num_classes, part.channels, args.side)
-    with peak_anon(r, "train"):
-        train_supervised(model, part.images, part.labels, TrainSpec(epochs=1, batch_size=256, lr=0.05), prep, gen)
-    r["train_images_per_s"] = len(part) / r["train_s"]
+    rows = np.sort(np.random.default_rng(0).permutation(len(streamed))[: args.train_images])
+    spec = TrainSpec(epochs=1, batch_size=256, lr=0.05)
+    for name, part in (("train", streamed.subset(rows)),
+                       *((("resident", data.subset(rows).to(device)),) if device.type == "cuda" else ())):
+        model = build_model(args.arch, part.num_classes, part.channels, args.side).to(device)
+        with peak_anon(r, name):
+            train_supervised(model, part.images, part.labels, spec, prep, gen)
+            float(next(model.parameters()).sum())
+        r[f"{name}_images_per_s"] = len(part) / r[f"{name}_s"]
 
     machine = f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}"
+    if device.type == "cuda":
+        machine += f", {torch.cuda.get_device_name(device)}"
+    resident = f" (resident {r['resident_images_per_s']:,.0f})" if "resident_images_per_s" in r else ""
     print("| images | side | decode (s) | cache (GiB) | mapped load (s) | stream pass (img/s) | "
-          "train epoch small_cnn (img/s) | peak RssAnon decode / stream / train (MiB) | machine |")
+          f"train epoch {args.arch} streamed (img/s) | peak RssAnon decode / stream / train (MiB) | machine |")
     print("|---|---|---|---|---|---|---|---|---|")
     print(f"| {args.images:,} | {args.side} | {r['decode_s']:.0f} | {r['cache_gib']:.2f} | {r['mapped_s']:.1f} | "
-          f"{r['stream_images_per_s']:,.0f} | {r['train_images_per_s']:,.0f} | "
+          f"{r['stream_images_per_s']:,.0f} | {r['train_images_per_s']:,.0f}{resident} | "
           f"{r['decode_peak_anon_mib']:.0f} / {r['stream_peak_anon_mib']:.0f} / {r['train_peak_anon_mib']:.0f} | "
           f"{machine} |")
     print(f"\nthe decoded set is {r['set_gib']:.2f} GiB; RssAnon before any loading {r['before_mib']:.0f} MiB; "
