@@ -36,7 +36,7 @@ import numpy as np
 
 from ..errors import ParameterError, SanitizeError
 from ..progress import Progress, Silent
-from .decoding import Format, common_format, decode_rows, image_pixel_limit, probe_image
+from .decoding import Format, common_format, decode_rows, image_pixel_limit, probe_all
 
 CACHE_FORMAT = 1
 AUTO_MIN_IMAGES = 10_000
@@ -72,9 +72,8 @@ class DecodeCache:
 
 def folder_key(root: Path, files: Sequence[str], size: tuple[int, int] | None, grayscale: bool | None) -> str:
     """The cache key of ``files`` (relative to ``root``) decoded at ``size`` / ``grayscale``."""
-    digest = hashlib.sha256(json.dumps({
-        "format": CACHE_FORMAT, "root": str(root.resolve()), "size": size, "grayscale": grayscale,
-        "pixel_limit": image_pixel_limit()}).encode())
+    digest = hashlib.sha256(json.dumps({"format": CACHE_FORMAT, **_request(root, size, grayscale),
+                                        "pixel_limit": image_pixel_limit()}).encode())
     for rel in files:
         stat = (root / rel).stat()
         digest.update(f"{rel}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
@@ -84,12 +83,6 @@ def folder_key(root: Path, files: Sequence[str], size: tuple[int, int] | None, g
 def _request(root: Path, size: tuple[int, int] | None, grayscale: bool | None) -> dict:
     """What an entry was asked for: entries with the same request and another key are stale."""
     return {"root": str(root.resolve()), "size": list(size) if size else None, "grayscale": grayscale}
-
-
-def probe_all(files: Sequence[Path], workers: int | None = None) -> list:
-    """Every file's header, read by a few threads (reading headers waits on the disk, not the CPU)."""
-    with ThreadPoolExecutor(workers or min(16, (os.cpu_count() or 2) * 2)) as pool:
-        return list(pool.map(probe_image, files))
 
 
 def decode_to_cache(root: Path, files: Sequence[str], *, size: tuple[int, int] | None = None,

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 from collections import Counter
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -89,6 +90,12 @@ def probe_image(path: str | Path) -> Probe:
     """The header of one image (no pixels decoded); a bomb or an unreadable file is refused here."""
     img = _open(path, "image", load=False)
     return Probe(img.mode, (img.height, img.width))
+
+
+def probe_all(files: Sequence[str | Path], workers: int | None = None) -> list[Probe]:
+    """Every file's header, read by a few threads (reading headers waits on the disk, not the CPU)."""
+    with ThreadPoolExecutor(workers or min(16, (os.cpu_count() or 2) * 2)) as pool:
+        return list(pool.map(probe_image, files))
 
 
 @dataclass(frozen=True)

@@ -25,15 +25,15 @@ import torch
 from ..errors import SanitizeError
 from ..nn.samples import Samples, should_stream, stream_images, take_rows
 from ..progress import Progress
-from .decode_cache import DecodeCache, decode_to_cache, probe_all
+from .decode_cache import DecodeCache, decode_to_cache
 from .decoding import (  # noqa: F401  (decode_image, image_pixel_limit, PIXEL_LIMIT_ENV: re-exported)
     GRAYSCALE_MODES,
     PIXEL_LIMIT_ENV,
-    Format,
     common_format,
     decode_image,
     decode_rows,
     image_pixel_limit,
+    probe_all,
 )
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".webp"})
@@ -216,16 +216,16 @@ def decode_images(files: Sequence[Path], *, size: tuple[int, int] | None = None,
 
 
 def _decode(root: Path, files: list[str], size: tuple[int, int] | None, grayscale: bool | None,
-            cache: DecodeCache | None, progress: Progress | None) -> tuple[torch.Tensor, Format, list[str]]:
-    """``root/<files>`` decoded in memory, or mapped from the decode cache when ``cache`` wants it."""
+            cache: DecodeCache | None, progress: Progress | None) -> tuple[torch.Tensor, list[str]]:
+    """``root/<files>`` decoded in memory, or mapped from the decode cache when ``cache`` wants it;
+    with the notes on what was converted (and where the pixels came from)."""
     if cache is None or not cache.wants(len(files)):
-        images, size, grayscale, notes = decode_images([root / rel for rel in files], size=size, grayscale=grayscale)
-        return images, Format(size, grayscale), notes
+        images, _, _, notes = decode_images([root / rel for rel in files], size=size, grayscale=grayscale)
+        return images, notes
     mapped, fmt, reused = decode_to_cache(root, files, size=size, grayscale=grayscale, cache=cache,
                                           progress=progress)
-    notes = list(fmt.notes)
-    notes.append(f"decoded images {'mapped from' if reused else 'kept in'} the decode cache ({cache.root})")
-    return torch.from_numpy(mapped), fmt, notes
+    where = "mapped from" if reused else "kept in"
+    return torch.from_numpy(mapped), [*fmt.notes, f"decoded images {where} the decode cache ({cache.root})"]
 
 
 def load_image_folder(root: str | Path, *, size: tuple[int, int] | int | None = None,
@@ -241,7 +241,7 @@ def load_image_folder(root: str | Path, *, size: tuple[int, int] | int | None = 
     classes, entries = list_image_folder(root)
     if isinstance(size, int):
         size = (size, size)
-    images, _, notes = _decode(root, [rel for rel, _ in entries], size, grayscale, cache, progress)
+    images, notes = _decode(root, [rel for rel, _ in entries], size, grayscale, cache, progress)
     labels = torch.tensor([label for _, label in entries], dtype=torch.int64)
     empty = [c for i, c in enumerate(classes) if not (labels == i).any()]
     if empty:
@@ -273,7 +273,7 @@ def load_unlabelled_folder(root: str | Path, *, size: tuple[int, int] | int | No
         size = (size, size)
     if like is not None:
         size = like.size
-    images, _, notes = _decode(root, files, size, None if like is None else like.channels == 1, cache, progress)
+    images, notes = _decode(root, files, size, None if like is None else like.channels == 1, cache, progress)
     labels = torch.zeros(len(files), dtype=torch.int64)
     return ImageDataset(images, labels, [UNLABELLED_CLASS], files, root, notes, labelled=False).to(device)
 
@@ -297,7 +297,7 @@ def load_like(root: str | Path, data: ImageDataset, what: str, *, cache: DecodeC
     unknown = sorted(set(classes) - set(data.classes))
     if unknown:
         raise SanitizeError(f"{what} {root}: class(es) not in the dataset: {', '.join(unknown)}")
-    images, _, notes = _decode(root, [rel for rel, _ in entries], data.size, data.channels == 1, cache, progress)
+    images, notes = _decode(root, [rel for rel, _ in entries], data.size, data.channels == 1, cache, progress)
     mapping = [data.classes.index(c) for c in classes]
     labels = torch.tensor([mapping[label] for _, label in entries], dtype=torch.int64)
     loaded = ImageDataset(images, labels, list(data.classes), [rel for rel, _ in entries], root, notes)

@@ -54,6 +54,10 @@ class World:
         start = self.rank * base + min(self.rank, extra)
         return slice(start, start + base + (self.rank < extra))
 
+    def local(self, batch: torch.Tensor) -> torch.Tensor:
+        """This rank's shard of ``batch`` (the whole batch in a single-process run)."""
+        return batch[self.shard(len(batch))] if self.parallel else batch
+
 
 def current() -> World:
     """The running process group's view of this process (single process when none is running)."""

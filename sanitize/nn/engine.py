@@ -218,18 +218,16 @@ def train_supervised(model: Classifier, images: torch.Tensor | Samples, labels: 
     opt = make_sgd(model, spec.lr, spec.momentum, spec.weight_decay, spec.nesterov)
     n = len(labels)
     batch_size = min(spec.batch_size, n)  # every batch has this many samples (the last partial one is dropped)
-    shard = world.shard(batch_size)
+    part = (batch_size, world.shard(batch_size)) if world.parallel else None  # augmentation draws for all of it
     steps_per_epoch = max(1, n // batch_size)
     total = steps_per_epoch * spec.epochs
     step = 0
     for _ in range(spec.epochs):
-        batches = epoch_batches(n, batch_size, generator, device)
-        if world.parallel:
-            batches = (full[shard] for full in batches)
+        batches = (world.local(full) for full in epoch_batches(n, batch_size, generator, device))
         for idx, batch in prefetched(images, batches):
             x = prep(batch)
             if spec.augment:
-                x = augmented(x, spec, prep, generator, (batch_size, shard) if world.parallel else None)
+                x = augmented(x, spec, prep, generator, part)
             if spec.lr_schedule != "constant":
                 for group in opt.param_groups:
                     group["lr"] = spec.lr * lr_factor(spec.lr_schedule, step, total, milestones=spec.milestones)

@@ -45,13 +45,13 @@ def confusion_train(model: Classifier, data: ImageDataset, subset: torch.Tensor,
     net.train()
     for step in range(steps):
         r_full = reserve_plan[step]
-        r_idx = r_full[world.shard(len(r_full))] if world.parallel else r_full
+        r_idx = world.local(r_full)
         shift = 1 + step % max(1, c - 1)
         targets_conf = (base_pred[r_idx] + shift) % c
         x = reserve.images[r_idx]
         if step % spec.batch_factor == 0:
             d_full = subset[inspect_plan[step // spec.batch_factor]]
-            d_idx = d_full[world.shard(len(d_full))] if world.parallel else d_full
+            d_idx = world.local(d_full)
             x = torch.cat([x, data.images[d_idx]])
         with autocast(device):
             logits = net(prep(x)).float()
@@ -60,11 +60,12 @@ def confusion_train(model: Classifier, data: ImageDataset, subset: torch.Tensor,
             loss_conf = loss_conf * loss_scale(len(r_idx), len(r_full))
         if len(logits) > len(r_idx):
             d_labels = data.labels[d_idx]
-            weights = 1.0 / freq[d_labels]
+            batch_weights = 1.0 / freq[data.labels[d_full]]
+            weights = world.local(batch_weights)
             losses = F.cross_entropy(logits[len(r_idx):], d_labels, reduction="none")
             loss_insp = (losses * weights).sum() / weights.sum()
             if world.parallel:  # this rank's share of the whole batch's weighted mean
-                loss_insp = loss_insp * (weights.sum() * world.size / (1.0 / freq[data.labels[d_full]]).sum())
+                loss_insp = loss_insp * (weights.sum() * world.size / batch_weights.sum())
             loss = ((spec.lam - 1) * loss_conf + loss_insp) / spec.lam
         else:
             loss = loss_conf
