@@ -57,14 +57,30 @@ def _raise_terminated(signum: int, _frame) -> None:
     raise Terminated(signum)
 
 
+_SAVED_HANDLERS: dict[int, object] = {}
+
+
 def catch_termination() -> None:
     """Turn SIGTERM and SIGHUP into :class:`Terminated` (main thread only; no-op elsewhere)."""
     for name in ("SIGTERM", "SIGHUP"):
         if hasattr(signal, name):
+            signum = getattr(signal, name)
             try:
-                signal.signal(getattr(signal, name), _raise_terminated)
+                previous = signal.signal(signum, _raise_terminated)
             except ValueError:  # not the main thread (e.g. the CLI called from a worker)
                 return
+            _SAVED_HANDLERS.setdefault(signum, previous)
+
+
+def release_termination() -> None:
+    """Give SIGTERM and SIGHUP back their earlier handlers once the run has decided how it ends.
+
+    A signal that arrives later, while the interpreter shuts down (torchrun stops the other
+    processes of a run as soon as one exits), would otherwise raise :class:`Terminated` inside
+    a library's exit hook and print a traceback after the run's one line."""
+    while _SAVED_HANDLERS:
+        signum, previous = _SAVED_HANDLERS.popitem()
+        signal.signal(signum, previous)
 
 
 def crash_log_dir() -> Path:

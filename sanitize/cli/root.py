@@ -35,6 +35,7 @@ from ..exits import (  # noqa: F401 -- EXIT_* are part of this module's interfac
     catch_termination,
     crash_line,
     peer_failed,
+    release_termination,
     stopped,
     warnings_as_notes,
     write_crash_log,
@@ -195,6 +196,14 @@ def _usage_error_message(exc: BaseException) -> str | None:
 def main(argv: list[str] | None = None) -> None:
     """Entry point: results to 0/1, user errors to one line + exit 2, crashes to one line + exit 3."""
     catch_termination()
+    try:
+        _run(argv)
+    finally:
+        release_termination()
+
+
+def _run(argv: list[str] | None) -> None:
+    """The command, and the one line and exit code of each way it can end."""
     try:
         refuse_torchrun(sys.argv[1:] if argv is None else [str(a) for a in argv])
         with warnings_as_notes([]):  # the commands that do not write a report: kept off stderr (see there)
