@@ -91,6 +91,18 @@ def test_a_failed_decode_leaves_no_entry(folder: Path, tmp_path: Path) -> None:
     assert list(cache.root.iterdir()) == []  # neither an entry nor a staging folder
 
 
+def test_a_cache_dir_that_cannot_be_written_is_one_line_exit_2(digits_folders, tmp_path, capsys) -> None:
+    data, reserve, _ = digits_folders
+    blocker = tmp_path / "a file"
+    blocker.write_text("not a folder")
+    before = tree_digest(data)
+    code = run_cli("ct", data, "--reserve", reserve, "--out", tmp_path / "out", "--device", "cpu", "--quiet",
+                   "--decode-cache", "on", "--cache-dir", blocker)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "--cache-dir" in err[0] and "cannot write the decode cache" in err[0]
+    assert tree_digest(data) == before and not (tmp_path / "out").exists()
+
+
 def test_auto_caches_large_folders_only(folder: Path, tmp_path: Path, monkeypatch) -> None:
     cache = DecodeCache(tmp_path / "cache")
     load_image_folder(folder, cache=cache)

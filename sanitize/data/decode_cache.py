@@ -26,8 +26,9 @@ import json
 import os
 import shutil
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor, as_completed
+from contextlib import contextmanager
 from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
@@ -99,19 +100,22 @@ def decode_to_cache(root: Path, files: Sequence[str], *, size: tuple[int, int] |
     found = _open_entry(entry, len(files))
     if found is not None:
         return (*found, True)
-    entry.parent.mkdir(parents=True, exist_ok=True)
     staging = entry.parent / f".{key}.{uuid.uuid4().hex[:8]}.partial"
-    staging.mkdir()
+    with _writing(cache):
+        entry.parent.mkdir(parents=True, exist_ok=True)
+        staging.mkdir()
     try:
         fmt = common_format(probe_all([root / rel for rel in files]), size, grayscale)
         shape = (len(files), fmt.channels, *fmt.size)
         _check_space(staging, int(np.prod(shape)), cache)
-        images = np.lib.format.open_memmap(staging / "images.npy", mode="w+", dtype=np.uint8, shape=shape)
+        with _writing(cache):
+            images = np.lib.format.open_memmap(staging / "images.npy", mode="w+", dtype=np.uint8, shape=shape)
         del images  # the workers write through their own maps of the file
         _decode_parallel([str(root / rel) for rel in files], staging / "images.npy", fmt, progress or Silent())
         meta = {"format": CACHE_FORMAT, "request": _request(root, size, grayscale), "count": len(files),
                 "size": list(fmt.size), "grayscale": fmt.grayscale, "notes": list(fmt.notes)}
-        (staging / "meta.json").write_text(json.dumps(meta))
+        with _writing(cache):
+            (staging / "meta.json").write_text(json.dumps(meta))
         try:
             staging.rename(entry)
         except OSError:  # another run finished the same key first: its entry is as good as ours
@@ -124,6 +128,17 @@ def decode_to_cache(root: Path, files: Sequence[str], *, size: tuple[int, int] |
     if found is None:
         raise SanitizeError(f"{entry}: the decoded folder could not be read back from the cache")
     return (*found, False)
+
+
+@contextmanager
+def _writing(cache: DecodeCache) -> Iterator[None]:
+    """A cache folder that cannot be written (missing parent, a file, no permission) is the
+    user's --cache-dir to fix: one line and exit 2, not a crash."""
+    try:
+        yield
+    except OSError as exc:
+        raise ParameterError("cache_dir", cache.root.parent,
+                             f"cannot write the decode cache there ({exc.strerror or exc})") from None
 
 
 def _open_entry(entry: Path, count: int) -> tuple[np.ndarray, Format] | None:
