@@ -111,19 +111,20 @@ def table(folder: Path) -> list[str]:
 def run_lines(folder: Path) -> list[str]:
     """Per recorded run: the suspected classes and the set-wide count below the lowest canary with
     its exact tail p (what a spread-out, all-to-all poisoning would show, if anything)."""
-    from sanitize.detectors.canaries import below_lowest_canary_p, canary_class_test, pooled_canaries
+    from sanitize.detectors.canaries import below_lowest_canary_p, below_pooled_cut, canary_class_test
 
     rows = ["| run | suspected (recorded / today's test) | poison | below the pooled cut (poison) | set-wide p |",
             "|---|---|---|---|---|"]
     for path in sorted(folder.glob("*.npz")):
         run = np.load(path)
         num_classes = int(max(run["labels"].max(), run["canary_labels"].max())) + 1
-        today = canary_class_test(run["scores"], run["labels"], run["canary_scores"], run["canary_labels"],
-                                  num_classes, ALPHA, run["fitted"], run["canary_fitted"])[1]
-        pool = pooled_canaries(run["canary_scores"], run["canary_labels"], run["canary_fitted"], num_classes)
-        mine = np.isin(run["labels"], np.unique(run["canary_labels"][pool]))
-        below = mine & (run["scores"] < run["canary_scores"][pool].min())
-        k, n, m = int(below.sum()), int(mine.sum()), int(pool.sum())
+        _, today, stats, _ = canary_class_test(run["scores"], run["labels"], run["canary_scores"],
+                                               run["canary_labels"], num_classes, ALPHA, run["fitted"],
+                                               run["canary_fitted"])
+        k, n, m = below_pooled_cut(run["scores"], run["labels"], run["canary_scores"], run["canary_labels"], stats)
+        pooled = [s["class"] for s in stats if s["canary_pool"] == "all classes"]
+        cut = run["canary_scores"][np.isin(run["canary_labels"], pooled)].min() if pooled else -np.inf
+        below = np.isin(run["labels"], pooled) & (run["scores"] < cut)
         rows.append(f"| {path.stem} | {run['suspected'].tolist()} / {today} | {int(run['truth'].sum())} | "
                     f"{k} ({int((below & run['truth']).sum())}) | {below_lowest_canary_p(n, k, m):.2g} |")
     return rows

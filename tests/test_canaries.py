@@ -7,6 +7,8 @@ import pytest
 
 from sanitize.detectors.canaries import (
     below_lowest_canary_p,
+    below_pooled_cut,
+    broken_classes,
     canary_class_test,
     check_alpha,
     class_robust_z,
@@ -94,7 +96,36 @@ def test_a_class_left_fitted_does_not_set_the_other_classes_cut() -> None:
     flagged, suspected, stats, _ = canary_class_test(z, labels, cz, canary_labels, 10, 1e-3, fitted, canary_fitted)
     assert stats[5]["canary_pool"] == "own" and 5 not in suspected
     assert suspected == [0] and flagged[:40].all()
-    assert not pooled_canaries(cz, canary_labels, canary_fitted, 10)[left].any()
+    assert not pooled_canaries(cz, canary_labels, broken_classes(canary_labels, canary_fitted, 10))[left].any()
+
+
+def test_chance_alone_rarely_sends_a_class_to_its_own_canaries() -> None:
+    """Every class's canaries stay fitted at the same rate: the fallback is for a class that confusion
+    visibly failed, so chance alone must rarely trigger it in a run (family-wise, not per class;
+    per class at 0.05, ten classes of 15 canaries triggered it in about 40 % of runs)."""
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(10), 15)
+    runs = [bool(broken_classes(labels, rng.random(150) < 0.1, 10)) for _ in range(500)]
+    assert np.mean(runs) < 0.06
+
+
+def test_a_target_fitted_a_little_more_keeps_the_pooled_test() -> None:
+    """CIFAR-10, 3 % BadNet, 30 reserve images per class, seed 0 (docs/benchmarks.md): poison raises
+    its target's fitted share, and 4 of the target's 15 canaries stayed fitted against 10 of the
+    other 135 (one-sided p = 0.036). That is no visible failure of confusion: the target keeps the
+    pooled test and is named."""
+    rng = np.random.default_rng(1)
+    labels, canary_labels = np.repeat(np.arange(10), 290), np.repeat(np.arange(10), 15)
+    scores, canary_scores = rng.normal(size=2900), rng.normal(size=150)
+    canary_fitted = np.zeros(150, dtype=bool)
+    canary_fitted[[0, 1, 2, 3, 20, 21, 40, 41, 60, 61, 80, 81, 100, 120]] = True  # class 0: 4 of 15
+    fitted = rng.random(2900) < 0.1
+    poison = np.flatnonzero(labels == 0)[:90]
+    scores[poison], fitted[poison] = canary_scores.min() - 1 - rng.random(90), True
+    flagged, suspected, stats, _ = canary_class_test(scores, labels, canary_scores, canary_labels, 10, 1e-3,
+                                                     fitted, canary_fitted)
+    assert 0.03 < stats[0]["homogeneity_p"] < 0.05 and stats[0]["canary_pool"] == "all classes"
+    assert suspected == [0] and flagged[poison].all()
 
 
 def resistant_run(rng: np.random.Generator, poison: int = 0, classes: int = 10, n: int = 160, m: int = 10):
@@ -193,3 +224,23 @@ def test_poison_spread_over_every_class_is_said_not_flagged() -> None:
     evidence, notes = set_wide_evidence(int((clean < canary_scores.min()).sum()), 2000, 100, [], 1e-3)
     assert evidence["p_value"] > 1e-3 and "can pass it" in notes[0]
     assert set_wide_evidence(120, 2000, 100, [0], 1e-3)[1] == []  # a named class: nothing to add
+
+
+def test_a_class_left_fitted_does_not_count_towards_the_set_wide_evidence() -> None:
+    """CIFAR-10, clean, 200 reserve images per class (docs/benchmarks.md): a class that confusion left
+    fitted had its samples, as low as its own canaries, counted against the other classes'
+    canaries, and the set-wide note read like an all-to-all attack. Only the pooled classes count."""
+    rng = np.random.default_rng(0)
+    labels, canary_labels = np.repeat(np.arange(10), 300), np.repeat(np.arange(10), 30)
+    scores, canary_scores = rng.normal(size=3000), rng.normal(size=300)
+    fitted, canary_fitted = rng.random(3000) < 0.1, rng.random(300) < 0.1
+    scores[labels == 5] -= 20.0  # class 5: left fitted, D and canaries alike
+    canary_scores[canary_labels == 5] -= 20.0
+    fitted[labels == 5], canary_fitted[canary_labels == 5] = True, True
+    flagged, suspected, stats, _ = canary_class_test(scores, labels, canary_scores, canary_labels, 10, 1e-3,
+                                                     fitted, canary_fitted)
+    assert suspected == [] and stats[5]["canary_pool"] == "own"
+    k, n, m = below_pooled_cut(scores, labels, canary_scores, canary_labels, stats)
+    assert (n, m) == (2700, 270)
+    assert k == int(((labels != 5) & (scores < canary_scores[canary_labels != 5].min())).sum())
+    assert set_wide_evidence(k, n, m, suspected, 1e-3)[0]["p_value"] > 1e-3

@@ -30,10 +30,12 @@ then names a clean class (docs/ct.md, "The class test"). So a class is suspected
 own canaries agree at :data:`OWN_LEVEL` too: that test is exact for a clean class whatever
 confusion did to it, so it bounds the false alarms per class where the pooling fails, while the
 pooled test keeps them at ``alpha`` where it holds. A class whose canaries visibly stayed fitted
-more often than the rest (:func:`fitted_homogeneity_p`) is tested against its own canaries
-only, at the full level, and those of its canaries that lie below every other class's leave
-the pool (:func:`pooled_canaries`). The own test is what limits power on small reserves: poison must be
-more than about ``1 - OWN_LEVEL ** (1 / m)`` of its class, 26 % with 10 canaries of its own.
+more often than the rest (:func:`broken_classes`: a Fisher exact test corrected over the
+classes, since chance alone must not send a class, or a target whose poison raised its fitted
+share, out of the pool) is tested against its own canaries only, at the full level, and those
+of its canaries that lie below every other class's leave the pool (:func:`pooled_canaries`).
+The own test is what limits power on small reserves: poison must be more than about
+``1 - OWN_LEVEL ** (1 / m)`` of its class, 26 % with 10 canaries of its own.
 Classes without canaries cannot be named.
 """
 
@@ -54,8 +56,10 @@ DEFAULT_ALPHA = 1e-3
 # to one class more than to the others, a clean class is suspected with probability at most this.
 OWN_LEVEL = 0.05
 # A class whose canaries stayed fitted more often than the other classes' (one-sided Fisher exact
-# test at this level) visibly breaks the pooling: it is tested against its own canaries only, at
-# the full level.
+# test at this level over the classes tested, Bonferroni) visibly breaks the pooling: it is tested
+# against its own canaries only, at the full level. Uncorrected, ten classes of 15 canaries put a
+# clean class into that fallback in about every other run by chance, and a poisoned target with
+# it: poison raises its target's fitted share.
 HOMOGENEITY_LEVEL = 0.05
 
 
@@ -123,11 +127,22 @@ def fitted_homogeneity_p(own_fitted: int, own: int, all_fitted: int, total: int)
     return float(fisher_exact(table, alternative="greater")[1])
 
 
-def pooled_canaries(canary_scores: np.ndarray, canary_labels: np.ndarray, canary_fitted: np.ndarray | None,
-                    num_classes: int) -> np.ndarray:
+def broken_classes(canary_labels: np.ndarray, canary_fitted: np.ndarray | None, num_classes: int) -> list[int]:
+    """The classes whose canaries stayed fitted more often than the other classes' canaries
+    (:func:`fitted_homogeneity_p` below :data:`HOMOGENEITY_LEVEL` over the classes with canaries)."""
+    if canary_fitted is None:
+        return []
+    total, all_fitted = len(canary_labels), int(canary_fitted.sum())
+    present = [c for c in range(num_classes) if (canary_labels == c).any()]
+    level = HOMOGENEITY_LEVEL / max(1, len(present))
+    return [c for c in present
+            if fitted_homogeneity_p(int(canary_fitted[canary_labels == c].sum()), int((canary_labels == c).sum()),
+                                    all_fitted, total) < level]
+
+
+def pooled_canaries(canary_scores: np.ndarray, canary_labels: np.ndarray, broken: list[int]) -> np.ndarray:
     """The canaries the pooled test borrows: all but those of a class that visibly breaks the
-    pooling (its canaries stayed fitted more often than the rest's, :func:`fitted_homogeneity_p`)
-    which lie below every canary of the other classes.
+    pooling (``broken``, :func:`broken_classes`) which lie below every canary of the other classes.
 
     Such a class is tested against its own canaries only, and its outlying canaries must not set
     the others' cut: on 3,000 GTSRB images a small class that confusion left fitted had canaries
@@ -136,17 +151,9 @@ def pooled_canaries(canary_scores: np.ndarray, canary_labels: np.ndarray, canary
     halves the pool of a two-class set such as EMBER's, and with it the test's power).
     """
     keep = np.ones(len(canary_labels), dtype=bool)
-    if canary_fitted is None:
-        return keep
-    total, all_fitted = len(canary_labels), int(canary_fitted.sum())
-    broken = np.zeros(len(canary_labels), dtype=bool)
-    for c in range(num_classes):
-        theirs = canary_labels == c
-        own_fitted = int(canary_fitted[theirs].sum())
-        if fitted_homogeneity_p(own_fitted, int(theirs.sum()), all_fitted, total) < HOMOGENEITY_LEVEL:
-            broken |= theirs
-    if broken.any() and not broken.all():
-        keep = ~broken | (canary_scores >= canary_scores[~broken].min())
+    out = np.isin(canary_labels, broken)
+    if out.any() and not out.all():
+        keep = ~out | (canary_scores >= canary_scores[~out].min())
     return keep
 
 
@@ -175,7 +182,7 @@ def canary_class_test(scores: np.ndarray, labels: np.ndarray, canary_scores: np.
     when its pooled p-value is below ``alpha`` over the number of classes *and* its p-value
     against its own canaries below :data:`OWN_LEVEL`. ``fitted`` / ``canary_fitted``
     (optional): whether the model still predicts each sample's label after confusion; a class
-    whose canaries stayed fitted more often than the others' (:func:`fitted_homogeneity_p`) is
+    whose canaries stayed fitted more often than the others' (:func:`broken_classes`) is
     tested against its own canaries only, at the full level, and its canaries below every other
     class's leave the pool (:func:`pooled_canaries`). A suspected class loses its
     samples below the ``k``-th lowest score of the canaries it was tested against (:func:`flag_cut`,
@@ -184,7 +191,8 @@ def canary_class_test(scores: np.ndarray, labels: np.ndarray, canary_scores: np.
     """
     names = class_names or [str(c) for c in range(num_classes)]
     m_total = len(canary_scores)
-    in_pool = pooled_canaries(canary_scores, canary_labels, canary_fitted, num_classes)
+    broken = broken_classes(canary_labels, canary_fitted, num_classes)
+    in_pool = pooled_canaries(canary_scores, canary_labels, broken)
     m_pool = int(in_pool.sum())
     cut = float(canary_scores[in_pool].min()) if m_pool else -np.inf
     tested = [c for c in range(num_classes) if (labels == c).any()]
@@ -199,12 +207,11 @@ def canary_class_test(scores: np.ndarray, labels: np.ndarray, canary_scores: np.
         n, m_c = int(mine.sum()), int(theirs.sum())
         k_own, p_own = own_canary_p(scores[mine], canary_scores[theirs])
         entry = {"class": c, "n_samples": n, "n_canaries": m_c, "p_value_own": p_own}
-        homogeneity = 1.0
         if fitted is not None and canary_fitted is not None:
             j = int(canary_fitted[theirs].sum())
-            homogeneity = fitted_homogeneity_p(j, m_c, all_fitted, m_total)
-            entry.update(n_fitted=int(fitted[mine].sum()), n_canaries_fitted=j, homogeneity_p=homogeneity)
-        pooled = homogeneity >= HOMOGENEITY_LEVEL
+            entry.update(n_fitted=int(fitted[mine].sum()), n_canaries_fitted=j,
+                         homogeneity_p=fitted_homogeneity_p(j, m_c, all_fitted, m_total))
+        pooled = c not in broken
         if pooled:
             k = int((mine & (scores < cut)).sum())
             p_value = below_lowest_canary_p(n, k, m_pool)
@@ -231,15 +238,23 @@ ALL_TO_ALL_DOC = "docs/ct.md#all-to-all-attacks"
 
 
 def below_pooled_cut(scores: np.ndarray, labels: np.ndarray, canary_scores: np.ndarray, canary_labels: np.ndarray,
-                     canary_fitted: np.ndarray | None, num_classes: int) -> tuple[int, int, int]:
-    """``(k, n, m)`` for :func:`set_wide_evidence`: the samples of the pooled classes, those of them
-    below every pooled canary, and the pooled canaries (:func:`pooled_canaries`)."""
-    in_pool = pooled_canaries(canary_scores, canary_labels, canary_fitted, num_classes)
-    if not in_pool.any():
+                     stats: list[dict]) -> tuple[int, int, int]:
+    """``(k, n, m)`` for :func:`set_wide_evidence`: the samples of the classes that the class test
+    compared with every class's canaries (``stats[c]["canary_pool"]``), those of them below every
+    canary of these classes, and those canaries.
+
+    A class tested against its own canaries only is left out, its canaries and its samples alike:
+    confusion left it fitted more than the rest, so its samples lie below the others' canaries
+    as its own canaries do, and counting them against a pool without its canaries made a clean
+    CIFAR-10 set at 200 reserve images per class look like an all-to-all attack
+    (docs/benchmarks.md). Its own test already weighs that class's evidence.
+    """
+    classes = [entry["class"] for entry in stats if entry.get("canary_pool") == "all classes"]
+    theirs = np.isin(canary_labels, classes)
+    if not theirs.any():
         return 0, 0, 0
-    classes = np.unique(canary_labels[in_pool])
     mine = np.isin(labels, classes)
-    return int((mine & (scores < canary_scores[in_pool].min())).sum()), int(mine.sum()), int(in_pool.sum())
+    return int((mine & (scores < canary_scores[theirs].min())).sum()), int(mine.sum()), int(theirs.sum())
 
 
 def set_wide_evidence(n_beyond: int, n: int, m: int, suspected: list[int], alpha: float,

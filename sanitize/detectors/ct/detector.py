@@ -232,7 +232,7 @@ class ConfusionTraining:
             flagged, suspected, stats, notes = canary_class_test(z, labels[d], canary_z, labels[k], c, self.alpha,
                                                                  isolated[d], isolated[k], class_names=data.classes,
                                                                  flag_share=FLAG_SHARE)
-            evidence, spread = set_wide_evidence(*below_pooled_cut(z, labels[d], canary_z, labels[k], isolated[k], c),
+            evidence, spread = set_wide_evidence(*below_pooled_cut(z, labels[d], canary_z, labels[k], stats),
                                                  suspected, self.alpha)
             notes.extend(spread)
         for entry, ratio in zip(stats, ratios, strict=True):

@@ -349,8 +349,8 @@ class FeatureConfusionTraining:
                                                                    self.alpha, fitted[d], fitted[k],
                                                                    class_names=data.classes)
             notes.extend(share_notes(flagged_l, labels[d], suspected, data.classes))
-            evidence, spread = set_wide_evidence(*below_pooled_cut(z, labels[d], canary_z, labels[k], fitted[k],
-                                                                    data.num_classes), suspected, self.alpha)
+            evidence, spread = set_wide_evidence(*below_pooled_cut(z, labels[d], canary_z, labels[k], stats),
+                                                 suspected, self.alpha)
             notes.extend(spread)
         # score: probability the confused model gives the row's own label (higher = more suspicious)
         scores = np.zeros(len(data))
