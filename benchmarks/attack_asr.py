@@ -129,7 +129,7 @@ def main() -> None:
         row = {"attack": name, "rate": rate, "n_poison": len(poisoned.poison_indices),
                "n_cover": len(poisoned.cover_indices), "acc": accuracy(model, prep, test_set.to(device)),
                "asr": success_rate(model, prep, triggered, args.target), "seconds": seconds,
-               "attack_seconds": attack_seconds}
+               "attack_seconds": attack_seconds, "params": poisoned.params}
         rows.append(row)
         print(f"| {name} | {rate:g} | {row['n_poison']} | {row['n_cover']} | {row['acc']:.3f} | {row['asr']:.3f} | "
               f"{attack_seconds:.0f} | {seconds:.0f} |", flush=True)
@@ -146,7 +146,8 @@ def main() -> None:
     if args.json:
         settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
         args.json.write_text(json.dumps({"settings": settings, "device": where, "python": platform.python_version(),
-                                         "torch": torch.__version__, "rows": rows, "baseline": baseline}, indent=1))
+                                         "torch": torch.__version__, "rows": rows, "baseline": baseline},
+                                        indent=1, default=str))
 
 
 if __name__ == "__main__":
