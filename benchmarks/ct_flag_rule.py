@@ -111,7 +111,7 @@ def table(folder: Path) -> list[str]:
 def run_lines(folder: Path) -> list[str]:
     """Per recorded run: the suspected classes and the set-wide count below the lowest canary with
     its exact tail p (what a spread-out, all-to-all poisoning would show, if anything)."""
-    from sanitize.detectors.canaries import below_lowest_canary_p, below_pooled_cut, canary_class_test
+    from sanitize.detectors.canaries import below_lowest_canary_p, canary_class_test, samples_below_pooled_cut
 
     rows = ["| run | suspected (recorded / today's test) | poison | below the pooled cut (poison) | set-wide p |",
             "|---|---|---|---|---|"]
@@ -121,10 +121,9 @@ def run_lines(folder: Path) -> list[str]:
         _, today, stats, _ = canary_class_test(run["scores"], run["labels"], run["canary_scores"],
                                                run["canary_labels"], num_classes, ALPHA, run["fitted"],
                                                run["canary_fitted"])
-        k, n, m = below_pooled_cut(run["scores"], run["labels"], run["canary_scores"], run["canary_labels"], stats)
-        pooled = [s["class"] for s in stats if s["canary_pool"] == "all classes"]
-        cut = run["canary_scores"][np.isin(run["canary_labels"], pooled)].min() if pooled else -np.inf
-        below = np.isin(run["labels"], pooled) & (run["scores"] < cut)
+        below, n, m = samples_below_pooled_cut(run["scores"], run["labels"], run["canary_scores"],
+                                               run["canary_labels"], stats)
+        k = int(below.sum())
         rows.append(f"| {path.stem} | {run['suspected'].tolist()} / {today} | {int(run['truth'].sum())} | "
                     f"{k} ({int((below & run['truth']).sum())}) | {below_lowest_canary_p(n, k, m):.2g} |")
     return rows

@@ -127,17 +127,25 @@ def fitted_homogeneity_p(own_fitted: int, own: int, all_fitted: int, total: int)
     return float(fisher_exact(table, alternative="greater")[1])
 
 
-def broken_classes(canary_labels: np.ndarray, canary_fitted: np.ndarray | None, num_classes: int) -> list[int]:
+def homogeneity_p_values(canary_labels: np.ndarray, canary_fitted: np.ndarray, num_classes: int) -> dict[int, float]:
+    """:func:`fitted_homogeneity_p` of every class that has canaries."""
+    total, all_fitted = len(canary_labels), int(canary_fitted.sum())
+    return {c: fitted_homogeneity_p(int(canary_fitted[canary_labels == c].sum()), int((canary_labels == c).sum()),
+                                    all_fitted, total)
+            for c in range(num_classes) if (canary_labels == c).any()}
+
+
+def broken_classes(canary_labels: np.ndarray, canary_fitted: np.ndarray | None, num_classes: int,
+                   homogeneity: dict[int, float] | None = None) -> list[int]:
     """The classes whose canaries stayed fitted more often than the other classes' canaries
-    (:func:`fitted_homogeneity_p` below :data:`HOMOGENEITY_LEVEL` over the classes with canaries)."""
+    (:func:`fitted_homogeneity_p` below :data:`HOMOGENEITY_LEVEL` over the classes with canaries);
+    ``homogeneity``: those p-values when the caller has them (:func:`homogeneity_p_values`)."""
     if canary_fitted is None:
         return []
-    total, all_fitted = len(canary_labels), int(canary_fitted.sum())
-    present = [c for c in range(num_classes) if (canary_labels == c).any()]
-    level = HOMOGENEITY_LEVEL / max(1, len(present))
-    return [c for c in present
-            if fitted_homogeneity_p(int(canary_fitted[canary_labels == c].sum()), int((canary_labels == c).sum()),
-                                    all_fitted, total) < level]
+    if homogeneity is None:
+        homogeneity = homogeneity_p_values(canary_labels, canary_fitted, num_classes)
+    level = HOMOGENEITY_LEVEL / max(1, len(homogeneity))
+    return [c for c, p in homogeneity.items() if p < level]
 
 
 def pooled_canaries(canary_scores: np.ndarray, canary_labels: np.ndarray, broken: list[int]) -> np.ndarray:
@@ -191,7 +199,8 @@ def canary_class_test(scores: np.ndarray, labels: np.ndarray, canary_scores: np.
     """
     names = class_names or [str(c) for c in range(num_classes)]
     m_total = len(canary_scores)
-    broken = broken_classes(canary_labels, canary_fitted, num_classes)
+    homogeneity = homogeneity_p_values(canary_labels, canary_fitted, num_classes) if canary_fitted is not None else {}
+    broken = broken_classes(canary_labels, canary_fitted, num_classes, homogeneity)
     in_pool = pooled_canaries(canary_scores, canary_labels, broken)
     m_pool = int(in_pool.sum())
     cut = float(canary_scores[in_pool].min()) if m_pool else -np.inf
@@ -209,8 +218,7 @@ def canary_class_test(scores: np.ndarray, labels: np.ndarray, canary_scores: np.
         entry = {"class": c, "n_samples": n, "n_canaries": m_c, "p_value_own": p_own}
         if fitted is not None and canary_fitted is not None:
             j = int(canary_fitted[theirs].sum())
-            entry.update(n_fitted=int(fitted[mine].sum()), n_canaries_fitted=j,
-                         homogeneity_p=fitted_homogeneity_p(j, m_c, all_fitted, m_total))
+            entry.update(n_fitted=int(fitted[mine].sum()), n_canaries_fitted=j, homogeneity_p=homogeneity.get(c, 1.0))
         pooled = c not in broken
         if pooled:
             k = int((mine & (scores < cut)).sum())
@@ -241,7 +249,14 @@ def below_pooled_cut(scores: np.ndarray, labels: np.ndarray, canary_scores: np.n
                      stats: list[dict]) -> tuple[int, int, int]:
     """``(k, n, m)`` for :func:`set_wide_evidence`: the samples of the classes that the class test
     compared with every class's canaries (``stats[c]["canary_pool"]``), those of them below every
-    canary of these classes, and those canaries.
+    canary of these classes, and those canaries (:func:`samples_below_pooled_cut`)."""
+    below, n, m = samples_below_pooled_cut(scores, labels, canary_scores, canary_labels, stats)
+    return int(below.sum()), n, m
+
+
+def samples_below_pooled_cut(scores: np.ndarray, labels: np.ndarray, canary_scores: np.ndarray,
+                             canary_labels: np.ndarray, stats: list[dict]) -> tuple[np.ndarray, int, int]:
+    """Which samples :func:`below_pooled_cut` counts, with its ``n`` and ``m``.
 
     A class tested against its own canaries only is left out, its canaries and its samples alike:
     confusion left it fitted more than the rest, so its samples lie below the others' canaries
@@ -251,10 +266,10 @@ def below_pooled_cut(scores: np.ndarray, labels: np.ndarray, canary_scores: np.n
     """
     classes = [entry["class"] for entry in stats if entry.get("canary_pool") == "all classes"]
     theirs = np.isin(canary_labels, classes)
-    if not theirs.any():
-        return 0, 0, 0
     mine = np.isin(labels, classes)
-    return int((mine & (scores < canary_scores[theirs].min())).sum()), int(mine.sum()), int(theirs.sum())
+    if not theirs.any():
+        return np.zeros(len(scores), dtype=bool), 0, 0
+    return mine & (scores < canary_scores[theirs].min()), int(mine.sum()), int(theirs.sum())
 
 
 def set_wide_evidence(n_beyond: int, n: int, m: int, suspected: list[int], alpha: float,
