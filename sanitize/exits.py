@@ -46,10 +46,27 @@ INTERRUPTED = "interrupted: nothing was written"
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for Ctrl-C
 
 
+def launched() -> bool:
+    """Whether a launcher (``torchrun``) started this process as one of several (``WORLD_SIZE`` > 1).
+
+    Read from the environment, without torch, so that the CLI can ask before importing it."""
+    return int(os.environ.get("WORLD_SIZE", "1") or 1) > 1
+
+
+TERMINATED_BY_TORCHRUN = ("torchrun stops every process of a run once one of them fails or the run is "
+                          "interrupted; a failed process printed its own line")
+
+
 def stopped(exc: KeyboardInterrupt | Terminated) -> tuple[str, int]:
-    """The one line and the exit code of a run stopped by Ctrl-C or a termination signal."""
+    """The one line and the exit code of a run stopped by Ctrl-C or a termination signal.
+
+    Under ``torchrun`` the signal comes from its agent, which sends it to every other process
+    as soon as one exits non-zero: a process can receive it before its own collective notices
+    the lost peer, so the line says where such a signal comes from instead of suggesting that
+    someone stopped the run."""
     if isinstance(exc, Terminated):
-        return f"terminated by {exc.name}: nothing was written", exc.exit_code
+        why = f" ({TERMINATED_BY_TORCHRUN})" if launched() else ""
+        return f"terminated by {exc.name}{why}: nothing was written", exc.exit_code
     return INTERRUPTED, EXIT_INTERRUPTED
 
 

@@ -8,7 +8,14 @@ import signal
 import pytest
 
 import sanitize.pipeline as pipeline
-from sanitize.exits import EXIT_INTERNAL, Terminated, catch_termination, crash_line
+from sanitize.exits import (
+    EXIT_INTERNAL,
+    TERMINATED_BY_TORCHRUN,
+    Terminated,
+    catch_termination,
+    crash_line,
+    stopped,
+)
 from sanitize.output import staged_output
 
 from .conftest import run_cli
@@ -68,6 +75,15 @@ def test_a_termination_signal_exits_128_plus_its_number_with_one_line(inputs, mo
     assert run_cli(*ct_args(inputs)) == 128 + number
     assert capsys.readouterr().err.strip() == f"terminated by {name}: nothing was written"
     assert not (inputs / "out").exists()
+
+
+def test_a_termination_signal_under_torchrun_says_where_it_comes_from(monkeypatch) -> None:
+    """torchrun's agent sends SIGTERM to every process once one fails; the line says so."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    line, code = stopped(Terminated(signal.SIGTERM))
+    assert code == 143 and line == f"terminated by SIGTERM ({TERMINATED_BY_TORCHRUN}): nothing was written"
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert stopped(Terminated(signal.SIGTERM))[0] == "terminated by SIGTERM: nothing was written"
 
 
 def test_a_signal_while_outputs_are_staged_leaves_no_staging_folder(tmp_path, restore_signals) -> None:

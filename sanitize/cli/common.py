@@ -7,7 +7,6 @@ Kept free of torch and the detectors (they are imported when a command runs), so
 from __future__ import annotations
 
 import json
-import os
 from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -18,7 +17,7 @@ from rich.table import Table
 
 from ..domains import SEED_RANGE
 from ..errors import SanitizeError
-from ..exits import EXIT_CLEAN
+from ..exits import EXIT_CLEAN, launched
 
 if TYPE_CHECKING:
     from ..pipeline import Detect, RunOptions
@@ -127,7 +126,7 @@ def refuse_torchrun(args: list[str]) -> None:
     """Under ``torchrun`` (``WORLD_SIZE`` > 1), only the commands that share their work out may run:
     any other would run once per process, racing for its outputs. Read from the environment, so
     that a plain run does not import torch for it."""
-    if int(os.environ.get("WORLD_SIZE", "1") or 1) <= 1:
+    if not launched():
         return
     command = next((a for a in args if not a.startswith("-")), None)
     if command is not None and command not in DATA_PARALLEL_COMMANDS:
@@ -138,7 +137,7 @@ def refuse_torchrun(args: list[str]) -> None:
 def join_torchrun(device: str) -> None:
     """Under ``torchrun``: join the process group before any data is read (no-op otherwise)."""
     from ..nn.devices import resolve_device
-    from ..nn.distributed import launched, start
+    from ..nn.distributed import start
 
     if launched():
         start(resolve_device(device))

@@ -212,7 +212,7 @@ def _run(argv: list[str] | None) -> None:
         _fail(exc.command_line())
     except (KeyboardInterrupt, Terminated) as exc:
         line, code = stopped(exc)
-        stderr.print(line, markup=False)
+        stderr.print(line, markup=False, highlight=False, soft_wrap=True, emoji=False)
         sys.exit(code)
     except typer.Exit as exc:  # Click's own Exit in Typer releases that use Click, Typer's where it vendors it
         sys.exit(exc.exit_code)

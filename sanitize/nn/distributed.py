@@ -30,6 +30,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from ..exits import launched
+
 
 @dataclass(frozen=True)
 class World:
@@ -64,11 +66,6 @@ def current() -> World:
     if not (dist.is_available() and dist.is_initialized()):
         return World()
     return World(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
-
-
-def launched() -> bool:
-    """Whether a launcher (``torchrun``) started this process as one of several."""
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
 def start(device: torch.device) -> World:
