@@ -29,11 +29,12 @@ scikit-learn's digits, between none and most of a class stays fitted), and a poo
 then names a clean class (docs/ct.md, "The class test"). So a class is suspected only when its
 own canaries agree at :data:`OWN_LEVEL` too: that test is exact for a clean class whatever
 confusion did to it, so it bounds the false alarms per class where the pooling fails, while the
-pooled test keeps them at ``alpha`` where it holds. A class whose canaries visibly stayed fitted
-more often than the rest (:func:`broken_classes`: a Fisher exact test corrected over the
-classes, since chance alone must not send a class, or a target whose poison raised its fitted
-share, out of the pool) is tested against its own canaries only, at the full level, and those
-of its canaries that lie below every other class's leave the pool (:func:`pooled_canaries`).
+pooled test keeps them at ``alpha`` where it holds. A class that confusion visibly failed on
+(:func:`broken_classes`: at least half of its canaries stayed fitted, more often than the other
+classes' by a Fisher exact test corrected over the classes, since neither chance nor a target
+whose poison raised its fitted share must leave the pool) is tested against its own canaries
+only, at the full level, and those of its canaries that lie below every other class's leave the
+pool (:func:`pooled_canaries`).
 The own test is what limits power on small reserves: poison must be more than about
 ``1 - OWN_LEVEL ** (1 / m)`` of its class, 26 % with 10 canaries of its own.
 Classes without canaries cannot be named.
@@ -61,6 +62,13 @@ OWN_LEVEL = 0.05
 # clean class into that fallback in about every other run by chance, and a poisoned target with
 # it: poison raises its target's fitted share.
 HOMOGENEITY_LEVEL = 0.05
+# ... and only when at least this share of its canaries stayed fitted: confusion visibly failed on
+# the class. Poison also raises its target's fitted share (the model leans towards the target), and
+# on 3,000 CIFAR-10 images a BadNet target whose canaries stayed fitted 5 of 15 times against 7 of
+# 135 passed the corrected test: sent to its own canaries, it was missed, where the pooled test
+# named it. The clean classes that break the pooling keep most of their canaries fitted
+# (docs/benchmarks.md, "The fallback needs a visible failure").
+BROKEN_FITTED_SHARE = 0.5
 
 
 def class_robust_z(values: np.ndarray, labels: np.ndarray, canary_values: np.ndarray, canary_labels: np.ndarray,
@@ -137,15 +145,17 @@ def homogeneity_p_values(canary_labels: np.ndarray, canary_fitted: np.ndarray, n
 
 def broken_classes(canary_labels: np.ndarray, canary_fitted: np.ndarray | None, num_classes: int,
                    homogeneity: dict[int, float] | None = None) -> list[int]:
-    """The classes whose canaries stayed fitted more often than the other classes' canaries
-    (:func:`fitted_homogeneity_p` below :data:`HOMOGENEITY_LEVEL` over the classes with canaries);
+    """The classes that confusion visibly failed on: their canaries stayed fitted more often than
+    the other classes' canaries (:func:`fitted_homogeneity_p` below :data:`HOMOGENEITY_LEVEL` over
+    the classes with canaries) and at least :data:`BROKEN_FITTED_SHARE` of them stayed fitted;
     ``homogeneity``: those p-values when the caller has them (:func:`homogeneity_p_values`)."""
     if canary_fitted is None:
         return []
     if homogeneity is None:
         homogeneity = homogeneity_p_values(canary_labels, canary_fitted, num_classes)
     level = HOMOGENEITY_LEVEL / max(1, len(homogeneity))
-    return [c for c, p in homogeneity.items() if p < level]
+    return [c for c, p in homogeneity.items()
+            if p < level and canary_fitted[canary_labels == c].mean() >= BROKEN_FITTED_SHARE]
 
 
 def pooled_canaries(canary_scores: np.ndarray, canary_labels: np.ndarray, broken: list[int]) -> np.ndarray:
@@ -190,9 +200,9 @@ def canary_class_test(scores: np.ndarray, labels: np.ndarray, canary_scores: np.
     when its pooled p-value is below ``alpha`` over the number of classes *and* its p-value
     against its own canaries below :data:`OWN_LEVEL`. ``fitted`` / ``canary_fitted``
     (optional): whether the model still predicts each sample's label after confusion; a class
-    whose canaries stayed fitted more often than the others' (:func:`broken_classes`) is
-    tested against its own canaries only, at the full level, and its canaries below every other
-    class's leave the pool (:func:`pooled_canaries`). A suspected class loses its
+    that confusion visibly failed on (:func:`broken_classes`) is tested against its own canaries
+    only, at the full level, and its canaries below every other class's leave the pool
+    (:func:`pooled_canaries`). A suspected class loses its
     samples below the ``k``-th lowest score of the canaries it was tested against (:func:`flag_cut`,
     ``k`` from ``flag_share``; 0: the lowest canary, the cut). ``class_names`` name the classes
     in notes.

@@ -50,7 +50,7 @@ from .schedules import CTSchedule, get_schedule
 
 # A suspected class loses its samples below the canaries' FLAG_SHARE quantile
 # (sanitize.detectors.canaries.flag_cut): at most about this share of its clean samples.
-FLAG_SHARE = 0.02
+FLAG_SHARE = 0.04
 
 
 @dataclass(kw_only=True)
