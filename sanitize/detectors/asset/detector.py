@@ -289,8 +289,8 @@ class ASSET:
         classes. Its p-value against its own canaries (``own_p``) is reported beside it but does
         not decide, unlike CT's: with a fifth of the reserve as canaries, requiring it would
         cost ASSET the power to name a target at 20 reserve images per class (4 canaries of its
-        own), and the pooled test has not named a clean class in any clean run measured
-        (docs/asset.md, "The class test").
+        own), and where the pooled test named a clean class (GTSRB) the veto would not have
+        stopped it (docs/asset.md, "The class test").
         """
         c = inp.num_classes
         if inp.n_canaries:
