@@ -63,11 +63,10 @@ OWN_LEVEL = 0.05
 # it: poison raises its target's fitted share.
 HOMOGENEITY_LEVEL = 0.05
 # ... and only when at least this share of its canaries stayed fitted: confusion visibly failed on
-# the class. Poison also raises its target's fitted share (the model leans towards the target), and
-# on 3,000 CIFAR-10 images a BadNet target whose canaries stayed fitted 5 of 15 times against 7 of
-# 135 passed the corrected test: sent to its own canaries, it was missed, where the pooled test
-# named it. The clean classes that break the pooling keep most of their canaries fitted
-# (docs/benchmarks.md, "The fallback needs a visible failure").
+# the class. Poison also raises its target's fitted share (the model leans towards the target),
+# enough to pass the corrected test on its own, and a target sent to its own canaries is missed
+# where the pooled test names it; the clean classes that break the pooling keep most of their
+# canaries fitted (docs/benchmarks.md, "The fallback needs a visible failure").
 BROKEN_FITTED_SHARE = 0.5
 
 
