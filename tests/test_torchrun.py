@@ -57,15 +57,19 @@ def test_two_processes_flag_what_one_does(digits_folders, ct_digits_run, tmp_pat
     assert printed[0]["summary"]["n_flagged"] == len(ours)
 
 
+PEER_LINE = "stopped: another process of this torchrun run failed"
+SIGNAL_LINE = f"terminated by SIGTERM ({TERMINATED_BY_TORCHRUN}): nothing was written"
+# What rank 0 runs while rank 1 fails, and the lines it may end with.
 RANK_0_WHILE_RANK_1_FAILS = {
-    # in the collective that loses its peer (the usual case on this machine)
-    "waiting": ("", "stopped: another process of this torchrun run failed"),
+    # in the collective that loses its peer: that usually stops it first, but torchrun's SIGTERM
+    # can win the race (CI once saw it), so either line
+    "waiting": ("", (PEER_LINE, SIGNAL_LINE)),
     # busy outside any collective, so torchrun's SIGTERM reaches it first
     "busy": ("if os.environ.get('RANK') == '0':\n"
              "    import time\n"
              "    import sanitize.nn.engine as engine\n"
              "    engine.train_supervised = lambda *args, **kwargs: time.sleep(120)\n",
-             f"terminated by SIGTERM ({TERMINATED_BY_TORCHRUN}): nothing was written"),
+             (SIGNAL_LINE,)),
 }
 
 
@@ -74,7 +78,7 @@ def test_a_crashed_rank_ends_the_run_without_output(digits_folders, tmp_path, ra
     """Rank 1 fails inside training: it prints one line, rank 0 is stopped with a line that says
     so (whether its collective or torchrun's signal stops it first), and no --out exists."""
     data, reserve, _ = digits_folders
-    rank_0_code, rank_0_line = RANK_0_WHILE_RANK_1_FAILS[rank_0]
+    rank_0_code, rank_0_lines = RANK_0_WHILE_RANK_1_FAILS[rank_0]
     inject = tmp_path / "inject"
     inject.mkdir()
     (inject / "sitecustomize.py").write_text(
@@ -91,11 +95,7 @@ def test_a_crashed_rank_ends_the_run_without_output(digits_folders, tmp_path, ra
     assert not out.exists() and not list(tmp_path.glob(".cleaned.staging-*"))
     ours = [line for line in done.stderr.splitlines() if "injected failure" in line]
     assert len(ours) == 1 and ours[0].startswith("internal error: RuntimeError")
-    # Which of the two stops a waiting rank 0 first is a race (CI once saw the signal win), so
-    # the "waiting" case accepts either line; "busy" pins the signal's.
-    stopped_lines = {rank_0_line, f"terminated by SIGTERM ({TERMINATED_BY_TORCHRUN}): nothing was written"}
-    assert any(line in done.stderr for line in (stopped_lines if rank_0 == "waiting" else {rank_0_line})), \
-        done.stderr[-3000:]
+    assert any(line in done.stderr for line in rank_0_lines), done.stderr[-3000:]
     assert f"{os.sep}sanitize{os.sep}" not in "\n".join(line for line in done.stderr.splitlines()
                                                         if line.strip().startswith("File "))
 
