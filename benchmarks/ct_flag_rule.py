@@ -47,12 +47,7 @@ def record_run(name: str, attack: str, per_class: int, seed: int, args, out: Pat
 
     args.attack = None if attack == "clean" else attack.removesuffix("-a2a")
     args.constrained, args.all_to_all = False, attack.endswith("-a2a")
-    data, reserve = false_alarms.image_sets(name, per_class, seed, args)
-    truth = np.zeros(len(data), dtype=bool)
-    if args.attack:
-        poisoned = false_alarms.ATTACKS[args.attack](data, args.rate, target=0, seed=seed,
-                                                     **({"all_to_all": True} if args.all_to_all else {}))
-        data, truth = poisoned.dataset, poisoned.is_poison
+    data, reserve, truth = false_alarms.draw(name, per_class, seed, args)
     seen: dict = {}
     original = ct_detector.canary_class_test
 
@@ -148,6 +143,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--limit", type=int, default=3000, help="inspected images (cifar10, gtsrb)")
     ap.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
+    ap.add_argument("--cache-dir", type=Path, default=None, help="cache of the attacks' trained parts")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--record", type=Path, help="folder for the recorded runs (those already there are kept)")

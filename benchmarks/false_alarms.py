@@ -10,8 +10,8 @@ the share of runs that flag anything and the flagged fractions (clean), or TPR/F
 
 Data sets:
   digits   scikit-learn's 1,797 8x8 digits (about 180 per class; the reserve is drawn from them)
-  cifar10  the first ``--limit`` CIFAR-10 training images; reserve from the official test split
-  gtsrb    the first ``--limit`` GTSRB training images (43 classes); reserve from its test split
+  cifar10  ``--limit`` CIFAR-10 training images drawn at random (by the seed); reserve from the test split
+  gtsrb    ``--limit`` GTSRB training images drawn at random (43 classes); reserve from its test split
   ember    generated EMBER-format rows (sanitize.ember.synth): ``--limit`` rows, separate reserve;
            ``--attack ember-explanation [--constrained]`` stamps the clean-label feature trigger
 
@@ -92,7 +92,9 @@ def attack_name(args) -> str:
     return f"{args.attack} constrained" if args.constrained else args.attack
 
 
-def one_run(name: str, detector: str, per_class: int, seed: int, args) -> dict:
+def draw(name: str, per_class: int, seed: int, args) -> tuple:
+    """(inspected, reserve, poison truth) of one run: ``args.attack`` (none: clean) at ``args.rate``,
+    target class 0."""
     data, reserve = ember_sets(per_class, seed, args) if name == "ember" else image_sets(name, per_class, seed, args)
     truth = np.zeros(len(data), dtype=bool)
     if args.attack == "ember-explanation":
@@ -103,6 +105,11 @@ def one_run(name: str, detector: str, per_class: int, seed: int, args) -> dict:
         poisoned = run_attack(args.attack, data, args.rate, 0, seed, surrogate=surrogate,
                               **({"all_to_all": True} if args.all_to_all else {}))
         data, truth = poisoned.dataset, poisoned.is_poison
+    return data, reserve, truth
+
+
+def one_run(name: str, detector: str, per_class: int, seed: int, args) -> dict:
+    data, reserve, truth = draw(name, per_class, seed, args)
     device, machine = pick_device(args.device)
     attack = attack_name(args)
     run = {"dataset": name, "detector": detector, "reserve_per_class": per_class, "seed": seed,

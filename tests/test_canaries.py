@@ -270,3 +270,11 @@ def test_a_class_left_fitted_does_not_count_towards_the_set_wide_evidence() -> N
     assert (n, m) == (2700, 270)
     assert k == int(((labels != 5) & (scores < canary_scores[canary_labels != 5].min())).sum())
     assert set_wide_evidence(k, n, m, suspected, 1e-3)[0]["p_value"] > 1e-3
+    # one of its canaries among the others': the class test's pool keeps it, and so does the count
+    canary_scores[np.flatnonzero(canary_labels == 5)[0]] = 0.0
+    _, suspected, stats, _ = canary_class_test(scores, labels, canary_scores, canary_labels, 10, 1e-3, fitted,
+                                               canary_fitted)
+    assert stats[5]["canary_pool"] == "own"
+    in_pool = pooled_canaries(canary_scores, canary_labels, [5])
+    assert below_pooled_cut(scores, labels, canary_scores, canary_labels, stats) == (k, 2700, int(in_pool.sum()))
+    assert in_pool.sum() == 271

@@ -267,18 +267,20 @@ def samples_below_pooled_cut(scores: np.ndarray, labels: np.ndarray, canary_scor
                              canary_labels: np.ndarray, stats: list[dict]) -> tuple[np.ndarray, int, int]:
     """Which samples :func:`below_pooled_cut` counts, with its ``n`` and ``m``.
 
-    A class tested against its own canaries only is left out, its canaries and its samples alike:
-    confusion left it fitted more than the rest, so its samples lie below the others' canaries
-    as its own canaries do, and counting them against a pool without its canaries made a clean
-    CIFAR-10 set at 200 reserve images per class look like an all-to-all attack
-    (docs/benchmarks.md). Its own test already weighs that class's evidence.
+    The pool is the class test's own (:func:`pooled_canaries`, the classes tested against their
+    own canaries read from ``stats[c]["canary_pool"]``), and so is the cut, its lowest canary. A
+    class tested against its own canaries only is left out of the count: confusion left it fitted
+    more than the rest, so its samples lie below the others' canaries as its own canaries do, and
+    counting them made a clean CIFAR-10 set at 200 reserve images per class look like an
+    all-to-all attack (docs/benchmarks.md). Its own test already weighs that class's evidence.
     """
+    own = [entry["class"] for entry in stats if entry.get("canary_pool") == "own"]
     classes = [entry["class"] for entry in stats if entry.get("canary_pool") == "all classes"]
-    theirs = np.isin(canary_labels, classes)
+    in_pool = pooled_canaries(canary_scores, canary_labels, own)
     mine = np.isin(labels, classes)
-    if not theirs.any():
+    if not classes or not in_pool.any():
         return np.zeros(len(scores), dtype=bool), 0, 0
-    return mine & (scores < canary_scores[theirs].min()), int(mine.sum()), int(theirs.sum())
+    return mine & (scores < canary_scores[in_pool].min()), int(mine.sum()), int(in_pool.sum())
 
 
 def set_wide_evidence(n_beyond: int, n: int, m: int, suspected: list[int], alpha: float,
