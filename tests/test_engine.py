@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch.nn import functional as F
 
-from sanitize.nn.engine import epoch_batches, flip_and_crop, host_to_device
+from sanitize.nn.engine import epoch_batches, flip_and_crop, host_to_device, stratified_split
 
 
 def test_flip_and_crop_is_a_per_sample_flip_then_shift_of_the_padded_image() -> None:
@@ -43,3 +44,16 @@ def test_host_to_device_copies_values_and_leaves_the_source() -> None:
     if torch.cuda.is_available():
         on_gpu = host_to_device(source, torch.device("cuda"))
         assert torch.equal(on_gpu.cpu(), source)
+
+
+def test_stratified_split_keeps_a_group_on_one_side() -> None:
+    labels = torch.arange(3).repeat_interleave(20)
+    plain = stratified_split(labels, 3, 0.2, torch.Generator().manual_seed(0), min_kept=2)
+    singles = stratified_split(labels, 3, 0.2, torch.Generator().manual_seed(0), min_kept=2,
+                               groups=np.arange(len(labels)))
+    assert all(torch.equal(a, b) for a, b in zip(plain, singles, strict=True))  # single groups: the same split
+    groups = np.arange(len(labels)) // 3  # twins in threes, within a class
+    kept, held = stratified_split(labels, 3, 0.2, torch.Generator().manual_seed(0), min_kept=2, groups=groups)
+    assert set(groups[held.numpy()]).isdisjoint(groups[kept.numpy()])
+    for c in range(3):
+        assert 4 <= int((labels[held] == c).sum()) <= 6  # its share (4), passed by less than a group

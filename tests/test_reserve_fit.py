@@ -9,11 +9,11 @@ import torch
 from sanitize import from_arrays
 from sanitize.attacks import badnet
 from sanitize.data import examples
-from sanitize.data.reserve_fit import check_reserve_fit, fitted_reserve, shared_indices
+from sanitize.data.reserve_fit import check_reserve_fit, fitted_reserve, reserve_clustering, shared_indices
 from sanitize.errors import SanitizeError
 from sanitize.output import write_image_subset
 
-from .conftest import digits_split, run_cli
+from .conftest import digits_split, run_cli, shared_loader
 
 
 def check(data, reserve):
@@ -25,6 +25,49 @@ def test_a_reserve_from_the_same_distribution_passes_even_beside_poison() -> Non
     kept, fit = check(badnet(data, 0.1, target=0, seed=0).dataset, reserve)
     assert kept is reserve and fit.shared == 0 and fit.missing_classes == [] and not fit.notes
     assert fit.two_sample_auroc < 0.65  # measured: 0.55 against 10 % poison
+    assert fit.clustering_auroc < 0.55 and fit.twin_groups is None  # measured: 0.48
+
+
+def test_a_reserve_of_near_twins_is_noted_and_its_twins_grouped() -> None:
+    # A reserve of bursts: 9 digits per class, each with two slightly noisy copies (frames of one
+    # video, augmented copies), beside data drawn one image at a time.
+    data, reserve = digits_split(0)
+    labels = reserve.labels.numpy()
+    originals = np.concatenate([np.flatnonzero(labels == c)[:9] for c in range(10)])
+    rng = np.random.default_rng(0)
+    x = reserve.images[torch.as_tensor(originals)].permute(0, 2, 3, 1).numpy()
+    copies = [np.clip(x * rng.uniform(0.95, 1.05, x.shape), 0, 255).astype(np.uint8) for _ in range(2)]
+    bursts = from_arrays(np.concatenate([x, *copies]), np.tile(labels[originals], 3), reserve.classes)
+    kept, fit = check(data, bursts)
+    assert fit.clustering_auroc > 0.8 and fit.clustering_p < 1e-6
+    assert any("nearer one another than the data's are to them" in note for note in fit.notes)
+    groups, n = fit.twin_groups, len(originals)
+    assert groups is not None and len(kept) == 3 * n
+    assert all(groups[i] == groups[i + n] == groups[i + 2 * n] for i in range(n))  # each burst is one group
+    assert fit.as_dict()["twin_groups"] <= n
+    from sanitize.detectors.asset.inputs import image_inputs  # the detectors draw canaries by these groups
+
+    inputs = image_inputs(data, bursts, "small_cnn", torch.device("cpu"), custom=False)
+    assert np.array_equal(inputs.reserve_groups, groups)
+
+
+def test_gtsrb_test_split_beside_its_training_split_is_clustered_and_cifar10_is_not() -> None:
+    """GTSRB's images are tracks of about 30 frames of one sign; a reserve from the test split
+    shares tracks with itself, not with the training images (docs/benchmarks.md, GTSRB asset)."""
+    loader = shared_loader()
+    if not (loader.HERE / "gtsrb").is_dir():
+        pytest.skip("no offline GTSRB data beside the repo")
+    rng = np.random.default_rng(0)
+    for name, expected in (("gtsrb", (0.65, 1.0)), ("cifar10", (0.4, 0.6))):
+        x, y = loader.load(name, "train", None if name == "gtsrb" else [0])  # GTSRB's parts go class by class
+        xt, yt = loader.load(name, "test", [0])
+        data_idx = rng.choice(len(x), 3000, replace=False)
+        reserve_idx = np.concatenate([rng.choice(np.flatnonzero(yt == c), min(20, (yt == c).sum()), replace=False)
+                                      for c in np.unique(yt)])
+        to_tensor = lambda a: torch.from_numpy(a).permute(0, 3, 1, 2)  # noqa: E731
+        auroc, p_value, _ = reserve_clustering(to_tensor(x[data_idx]), y[data_idx], to_tensor(xt[reserve_idx]),
+                                               yt[reserve_idx])
+        assert expected[0] <= auroc <= expected[1], (name, auroc, p_value)
 
 
 @pytest.mark.parametrize("change", ["transposed", "darker", "blurred"])

@@ -4,7 +4,7 @@ CT and ASSET measure the data against the reserve, and their class tests compare
 reserve samples (canaries) under the assumption that the two are drawn from the same
 distribution. A reserve that breaks it gives a verdict about the reserve, not about the data:
 on feature rows whose reserve came from elsewhere, CT once flagged 94 % of a clean class. So
-three things are checked first, and :func:`check_reserve_fit` returns the findings for the
+four things are checked first, and :func:`check_reserve_fit` returns the findings for the
 report and notes:
 
 * **Shared samples.** Reserve samples whose pixels (or feature values) also occur in the data,
@@ -19,6 +19,11 @@ report and notes:
   cross-validated AUROC. Drawn from one distribution, the AUROC stays near 0.5, and a few per
   cent of poison in the data moves it by about half their share. A reserve that the classifier
   tells apart (AUROC at least :data:`MISMATCH_AUROC`, and significant) is an error.
+* **A clustered reserve.** Reserve samples nearer one another than the data's samples are to
+  them (:func:`reserve_clustering`): frames of the same videos, bursts, near copies. The
+  canaries would have near twins among the samples the detector trains on, the data's samples
+  none; a note says so, and :attr:`ReserveFit.twin_groups` lets the detectors draw canaries a
+  group of twins at a time.
 """
 
 from __future__ import annotations
@@ -37,6 +42,10 @@ MISMATCH_AUROC = 0.75  # held-out AUROC at which the reserve is refused (same di
 MISMATCH_P = 1e-6  # ... and only when the AUROC is this unlikely under the same distribution
 MOSTLY_SHARED = 0.5  # a reserve with this share of its samples in the data was not held out
 MAX_PER_SIDE = 2000  # samples per side of the two-sample test
+CLUSTERED_AUROC = 0.6  # reserve samples nearer one another than the data's are to them: warned from here
+CLUSTERED_P = 1e-6  # ... when this unlikely under "drawn alike"
+MAX_DATA_NEIGHBOURS = 4000  # data samples whose nearest reserve sample the clustering check measures
+TWIN_QUANTILE = 0.05  # reserve samples nearer than this quantile of the data's nearest distances are twins
 THUMBNAIL = 8  # images are compared as THUMBNAIL x THUMBNAIL thumbnails
 
 
@@ -48,11 +57,16 @@ class ReserveFit:
     missing_classes: list[int] = field(default_factory=list)
     two_sample_auroc: float | None = None
     two_sample_p: float | None = None
+    clustering_auroc: float | None = None
+    clustering_p: float | None = None
+    twin_groups: np.ndarray | None = None  # a clustered reserve: group ids of near twins (kept positions)
     notes: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return {"shared_samples_dropped": self.shared, "classes_without_canaries": self.missing_classes,
-                "two_sample_auroc": self.two_sample_auroc, "two_sample_p": self.two_sample_p}
+                "two_sample_auroc": self.two_sample_auroc, "two_sample_p": self.two_sample_p,
+                "clustering_auroc": self.clustering_auroc, "clustering_p": self.clustering_p,
+                "twin_groups": None if self.twin_groups is None else int(len(np.unique(self.twin_groups)))}
 
 
 def _rows(samples: torch.Tensor) -> np.ndarray:
@@ -136,6 +150,72 @@ def two_sample_auroc(data_x: torch.Tensor, data_labels: np.ndarray, reserve_x: t
     return auroc, p_value
 
 
+def _directions(rows: np.ndarray) -> np.ndarray:
+    """Rows centred on their own mean and scaled to unit length: the cosine geometry in which a
+    thumbnail's nearest neighbour does not depend on its brightness or contrast."""
+    rows = rows - rows.mean(1, keepdims=True)
+    return rows / (np.linalg.norm(rows, axis=1, keepdims=True) + 1e-12)
+
+
+def reserve_clustering(data_x: torch.Tensor, data_labels: np.ndarray, reserve_x: torch.Tensor,
+                       reserve_labels: np.ndarray, seed: int = 0) -> tuple[float, float, np.ndarray] | None:
+    """Are the reserve's samples nearer one another than the data's samples are to them?
+
+    Per class, each reserve sample's distance to its nearest *other* reserve sample is compared
+    with each data sample's distance to its nearest reserve sample, one reserve sample of the
+    class left out at random, so that both look among the same number. Drawn alike, the two are
+    exchangeable and the AUROC of "the reserve sample is nearer" is 0.5, whatever the data
+    looks like. A reserve of frames from the same videos, bursts or augmented copies, beside a
+    data set drawn otherwise (GTSRB's test split beside its training split), scores well above:
+    the canaries then have near twins among the reserve samples that ``ℓ_min`` or confusion
+    train on, and the data's samples do not, which the class tests' exact tails do not allow
+    for. Distances are between the coarse rows of :func:`_rows` in :func:`_directions`'
+    geometry. Returns (AUROC, one-sided p under "drawn alike", twin groups), or None with too few
+    samples; the twin groups join reserve samples of a class nearer each other than all but
+    :data:`TWIN_QUANTILE` of the data's samples come to the reserve (connected components).
+    """
+    from scipy.sparse import csr_matrix
+    from scipy.sparse.csgraph import connected_components
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(seed)
+    data_pick = np.flatnonzero(data_labels >= 0)
+    if len(data_pick) > MAX_DATA_NEIGHBOURS:
+        data_pick = np.sort(rng.choice(data_pick, MAX_DATA_NEIGHBOURS, replace=False))
+    data_rows = _directions(_rows(data_x[torch.as_tensor(data_pick).to(data_x.device)]))
+    reserve_rows = _directions(_rows(reserve_x))
+    picked_labels = data_labels[data_pick]
+    reserve_near, data_near, among_class = [], [], []
+    for c in np.unique(reserve_labels):
+        mine, theirs = np.flatnonzero(reserve_labels == c), np.flatnonzero(picked_labels == c)
+        if len(mine) < 3 or len(theirs) == 0:
+            continue
+        among = reserve_rows[mine] @ reserve_rows[mine].T
+        np.fill_diagonal(among, -np.inf)
+        among_class.append((mine, 1.0 - among))
+        reserve_near.append(1.0 - among.max(1))
+        to_reserve = data_rows[theirs] @ reserve_rows[mine].T
+        to_reserve[np.arange(len(theirs)), rng.integers(0, len(mine), len(theirs))] = -np.inf
+        data_near.append(1.0 - to_reserve.max(1))
+    if not reserve_near:
+        return None
+    near_r, near_d = np.concatenate(reserve_near), np.concatenate(data_near)
+    n1, n2 = len(near_r), len(near_d)
+    if n1 < 20 or n2 < 20:
+        return None
+    auroc = float(roc_auc_score(np.repeat([1, 0], [n1, n2]), -np.concatenate([near_r, near_d])))
+    sd = math.sqrt((n1 + n2 + 1) / (12.0 * n1 * n2))
+    twin = float(np.quantile(near_d, TWIN_QUANTILE))
+    rows, cols = [], []
+    for mine, distances in among_class:
+        i, j = np.nonzero(distances < twin)
+        rows.extend(mine[i])
+        cols.extend(mine[j])
+    graph = csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(len(reserve_labels),) * 2)
+    groups = connected_components(graph, directed=False)[1]
+    return auroc, 0.5 * math.erfc((auroc - 0.5) / sd / math.sqrt(2)), groups
+
+
 def check_reserve_fit(data_x: torch.Tensor, data_labels: torch.Tensor, reserve_x: torch.Tensor,
                       reserve_labels: torch.Tensor, num_classes: int, class_names: list[str],
                       what: str = "samples") -> tuple[np.ndarray, ReserveFit]:
@@ -178,6 +258,17 @@ def check_reserve_fit(data_x: torch.Tensor, data_labels: torch.Tensor, reserve_x
             raise SanitizeError(f"the reserve does not look drawn from the data's distribution: a classifier tells "
                                 f"reserve from data {what} apart (held-out AUROC {auroc:.2f}; 0.5 when they match); "
                                 f"use clean {what} collected the way the data was")
+    clustering = reserve_clustering(data_x, data_labels_np, reserve_x[torch.as_tensor(keep).to(reserve_x.device)],
+                                    reserve_labels_np[keep])
+    if clustering is not None:
+        auroc, p_value, groups = clustering
+        fit.clustering_auroc, fit.clustering_p = round(auroc, 4), p_value
+        if auroc >= CLUSTERED_AUROC and p_value < CLUSTERED_P:
+            fit.twin_groups = groups
+            fit.notes.append(f"the reserve's {what} are nearer one another than the data's are to them (AUROC "
+                             f"{auroc:.2f}; 0.5 when drawn alike), as frames of the same videos or near copies are; "
+                             f"canaries are drawn a group of near twins at a time ({len(np.unique(groups))} groups), "
+                             f"so that none has a twin left in the reserve (docs/guide.md#the-reserve-set)")
     return np.flatnonzero(labelled)[keep], fit
 
 

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -161,24 +162,48 @@ def planned_batches(n: int, batch_size: int, count: int, generator: torch.Genera
 
 
 def stratified_split(labels: torch.Tensor, num_classes: int, fraction: float, generator: torch.Generator,
-                     min_kept: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+                     min_kept: int = 0, groups: np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(kept, held) sorted CPU indices: ``round(fraction * n_c)`` random samples of each class held.
 
     A class with fewer than 4 samples holds none (a held-out estimate from one or two samples is
     noise, and the kept part must still see the class); ``min_kept`` caps what a class may give.
     One permutation is drawn per class, whatever it gives, so the random stream after the split
-    does not depend on the class sizes.
+    does not depend on the class sizes. With ``groups`` (an id per sample), a group goes to one
+    side whole: groups are taken in the order their first member comes in the permutation until
+    the class holds its share (one group may take it past by less than its size), so that no
+    held sample has a near twin among the kept ones; all groups single, the split is the same.
     """
     labels = labels.cpu()
     held = []
     for c in range(num_classes):
         members = torch.nonzero(labels == c).flatten()
         take = min(int(round(fraction * len(members))), len(members) - min_kept) if len(members) >= 4 else 0
-        held.append(members[torch.randperm(len(members), generator=generator)[:take]])
+        order = members[torch.randperm(len(members), generator=generator)]
+        held.append(order[:take] if groups is None else _whole_groups(order, groups, take,
+                                                                       len(members) - min_kept))
     held_idx = torch.cat(held).sort().values if held else torch.zeros(0, dtype=torch.long)
     mask = torch.ones(len(labels), dtype=torch.bool)
     mask[held_idx] = False
     return torch.nonzero(mask).flatten(), held_idx
+
+
+def _whole_groups(order: torch.Tensor, groups: np.ndarray, take: int, most: int) -> torch.Tensor:
+    """Members of ``order`` taken a whole group at a time, in order, until ``take`` are held
+    (never more than ``most``; a group that would pass it is skipped)."""
+    chosen: list[int] = []
+    done: set[int] = set()
+    ids = order.tolist()
+    for i in ids:
+        if len(chosen) >= take:
+            break
+        group = int(groups[i])
+        if group in done:
+            continue
+        done.add(group)
+        members = [j for j in ids if int(groups[j]) == group]
+        if len(chosen) + len(members) <= most:
+            chosen.extend(members)
+    return torch.tensor(chosen, dtype=torch.long)
 
 
 def make_sgd(model: nn.Module, lr: float, momentum: float, weight_decay: float,

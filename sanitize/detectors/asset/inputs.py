@@ -61,6 +61,7 @@ class Inputs:
     settings: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     n_canaries: int = 0  # the last n_canaries samples of x are reserve canaries (see with_canaries)
+    reserve_groups: np.ndarray | None = None  # near twins in a clustered reserve (ReserveFit.twin_groups)
 
 
 def with_canaries(inp: Inputs, fraction: float, gen: torch.Generator) -> Inputs:
@@ -77,7 +78,8 @@ def with_canaries(inp: Inputs, fraction: float, gen: torch.Generator) -> Inputs:
     wait for the GPU on every batch. Feature rows and streamed images stay :class:`Samples`
     views, so a memory-mapped set is never copied whole.
     """
-    kept, canaries = stratified_split(inp.reserve_y, inp.num_classes, fraction, gen, min_kept=2)
+    kept, canaries = stratified_split(inp.reserve_y, inp.num_classes, fraction, gen, min_kept=2,
+                                      groups=inp.reserve_groups)
     if len(canaries) == 0:
         return inp
     device = inp.reserve_y.device
@@ -159,7 +161,7 @@ def image_inputs(data: ImageDataset, reserve: ImageDataset, arch: str, device: t
     data.check_reserve(reserve)
     if len(data) < 2 * data.num_classes:
         raise SanitizeError(f"dataset has {len(data)} images: too few to inspect")
-    reserve, fit_settings, notes = _fitted(data, reserve, "images", reserve_check)
+    reserve, fit_settings, notes, groups = _fitted(data, reserve, "images", reserve_check)
     if not custom:
         chosen = default_arch(device, min(data.size)) if arch == "auto" else arch
         if arch == "auto":
@@ -168,16 +170,18 @@ def image_inputs(data: ImageDataset, reserve: ImageDataset, arch: str, device: t
     data, reserve = data.to(device, stream=stream), reserve.to(device)
     factory, prep = image_backbone(data, arch, device)
     return Inputs(data.images, data.labels, reserve.images, reserve.labels, data.num_classes, factory, prep, arch,
-                  np.arange(len(data)), len(data), min(data.size), notes=notes, settings=fit_settings)
+                  np.arange(len(data)), len(data), min(data.size), notes=notes, settings=fit_settings,
+                  reserve_groups=groups)
 
 
-def _fitted(data: Dataset, reserve: Dataset, what: str, check: bool) -> tuple[Dataset, dict[str, Any], list[str]]:
+def _fitted(data: Dataset, reserve: Dataset, what: str, check: bool
+            ) -> tuple[Dataset, dict[str, Any], list[str], np.ndarray | None]:
     """The reserve after :func:`sanitize.data.reserve_fit.fitted_reserve` (when ``check``), the settings
-    entry recording the check, and its notes."""
+    entry recording the check, its notes, and the reserve's near-twin groups when it is clustered."""
     if not check:
-        return reserve, {}, []
+        return reserve, {}, [], None
     reserve, fit = fitted_reserve(data, reserve, what)
-    return reserve, {"reserve_check": fit.as_dict()}, list(fit.notes)
+    return reserve, {"reserve_check": fit.as_dict()}, list(fit.notes), fit.twin_groups
 
 
 def feature_inputs(data: FeatureDataset, reserve: FeatureDataset, arch: str, device: torch.device,
@@ -201,7 +205,7 @@ def feature_inputs(data: FeatureDataset, reserve: FeatureDataset, arch: str, dev
     if len(labelled) < 20 or (counts < 2).any():
         raise SanitizeError(f"dataset has {len(labelled)} labelled rows ({counts.tolist()} per class): "
                             f"too few of each class to inspect")
-    reserve, fit_settings, fit_notes = _fitted(data, reserve, "rows", reserve_check)
+    reserve, fit_settings, fit_notes, groups = _fitted(data, reserve, "rows", reserve_check)
     data, reserve = data.to(device), reserve.to(device)
     prep = Standardise.fit(data)
     dim, classes = data.dim, data.num_classes
@@ -215,7 +219,7 @@ def feature_inputs(data: FeatureDataset, reserve: FeatureDataset, arch: str, dev
                          if data.n_unlabelled else [])
     return Inputs(Samples((data.X, index)), data.labels[index], Samples((reserve.X, reserve_index)),
                   reserve.labels[reserve_index], classes, factory, prep, "ember_mlp", labelled, len(data), None,
-                  embed=first_block, notes=notes,
+                  embed=first_block, notes=notes, reserve_groups=groups,
                   settings={"standardisation": "(x - mean) / (std + 0.1)", "outputs": classes,
                             "concentration_features": "first hidden layer (200)", **fit_settings})
 

@@ -120,7 +120,7 @@ def transfer_inputs(data: ImageDataset, reserve: ImageDataset, encoder: Encoder,
         raise SanitizeError("--paradigm transfer inspects image folders")
     check_labelled(data, "asset --paradigm transfer")
     data.check_reserve(reserve)
-    reserve, fit_settings, notes = _fitted(data, reserve, "images", reserve_check)
+    reserve, fit_settings, notes, _ = _fitted(data, reserve, "images", reserve_check)
     data, reserve = data.to(device), reserve.to(device)
     feats, prep_in = encode(encoder, data.images, side=input_size, normalize=normalize)
     reserve_feats, _ = encode(encoder, reserve.images, side=input_size, normalize=normalize, prep=prep_in)
@@ -151,7 +151,7 @@ def unlabelled_inputs(data: ImageDataset, reserve: ImageDataset, arch: str, devi
                             f"a few hundred or more is recommended")
     data = _as_unlabelled(data)
     reserve = _as_unlabelled(reserve)
-    reserve, fit_settings, notes = _fitted(data, reserve, "images", reserve_check)
+    reserve, fit_settings, notes, _ = _fitted(data, reserve, "images", reserve_check)
     side = min(data.size)
     chosen = default_arch(device, side) if arch == "auto" else arch
     if arch == "auto":

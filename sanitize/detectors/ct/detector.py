@@ -121,7 +121,8 @@ class ConfusionTraining:
         if self.reserve_check:
             with timer("reserve check"):
                 reserve, fit = fitted_reserve(data, reserve, "images")
-        reserve, canaries = split_canaries(reserve, schedule.canary_fraction, gen)
+        reserve, canaries = split_canaries(reserve, schedule.canary_fraction, gen,
+                                             fit.twin_groups if fit else None)
         n_inspected = len(data)
         prep = Preprocess.fit(data.images)
         if canaries is not None:

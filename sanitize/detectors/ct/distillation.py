@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch.nn import functional as F
 
@@ -106,15 +107,17 @@ def distill(losses: torch.Tensor, labels: torch.Tensor, num_classes: int, keep_r
     return torch.nonzero(keep).flatten()
 
 
-def split_canaries(reserve, fraction: float, gen: torch.Generator):
+def split_canaries(reserve, fraction: float, gen: torch.Generator, groups: np.ndarray | None = None):
     """Stratified split of a reserve (images or feature rows) into (confusion part, canaries or None).
 
     ``round(fraction * n_c)`` samples of each class with at least 4 become canaries; every class
-    keeps at least two for confusion.
+    keeps at least two for confusion. ``groups`` (a clustered reserve's near twins,
+    :attr:`sanitize.data.reserve_fit.ReserveFit.twin_groups`) keeps twins on one side, so that a
+    canary has no twin among the images confusion trains on, as the data's images have none.
     """
     if fraction <= 0:
         return reserve, None
-    kept, held = stratified_split(reserve.labels, reserve.num_classes, fraction, gen, min_kept=2)
+    kept, held = stratified_split(reserve.labels, reserve.num_classes, fraction, gen, min_kept=2, groups=groups)
     if len(held) == 0:
         return reserve, None
     return reserve.subset(kept), reserve.subset(held)

@@ -286,7 +286,8 @@ class FeatureConfusionTraining:
         if self.reserve_check:
             with timer("reserve check"):
                 reserve, fit = fitted_reserve(data, reserve, "rows")
-        reserve, canaries = split_canaries(reserve, schedule.canary_fraction, gen)
+        reserve, canaries = split_canaries(reserve, schedule.canary_fraction, gen,
+                                             fit.twin_groups if fit else None)
         if canaries is None:
             raise SanitizeError("reserve too small to set canaries aside for the class test: need at least 4 rows "
                                 "of each class")
