@@ -46,6 +46,7 @@ CLUSTERED_AUROC = 0.6  # reserve samples nearer one another than the data's are 
 CLUSTERED_P = 1e-6  # ... when this unlikely under "drawn alike"
 MAX_DATA_NEIGHBOURS = 4000  # data samples whose nearest reserve sample the clustering check measures
 TWIN_QUANTILE = 0.05  # reserve samples nearer than this quantile of the data's nearest distances are twins
+MAX_RESERVE_PER_CLASS = 1000  # reserve samples of a class the clustering check compares (a random subset)
 THUMBNAIL = 8  # images are compared as THUMBNAIL x THUMBNAIL thumbnails
 
 
@@ -172,7 +173,9 @@ def reserve_clustering(data_x: torch.Tensor, data_labels: np.ndarray, reserve_x:
     for. Distances are between the coarse rows of :func:`_rows` in :func:`_directions`'
     geometry. Returns (AUROC, one-sided p under "drawn alike", twin groups), or None with too few
     samples; the twin groups join reserve samples of a class nearer each other than all but
-    :data:`TWIN_QUANTILE` of the data's samples come to the reserve (connected components).
+    :data:`TWIN_QUANTILE` of the data's samples come to the reserve (connected components). A
+    class with more than :data:`MAX_RESERVE_PER_CLASS` reserve samples is compared, and grouped,
+    on a random subset of that many.
     """
     from scipy.sparse import csr_matrix
     from scipy.sparse.csgraph import connected_components
@@ -190,6 +193,8 @@ def reserve_clustering(data_x: torch.Tensor, data_labels: np.ndarray, reserve_x:
         mine, theirs = np.flatnonzero(reserve_labels == c), np.flatnonzero(picked_labels == c)
         if len(mine) < 3 or len(theirs) == 0:
             continue
+        if len(mine) > MAX_RESERVE_PER_CLASS:  # bounded memory and time; the others stay ungrouped
+            mine = np.sort(rng.choice(mine, MAX_RESERVE_PER_CLASS, replace=False))
         among = reserve_rows[mine] @ reserve_rows[mine].T
         np.fill_diagonal(among, -np.inf)
         among_class.append((mine, 1.0 - among))
