@@ -25,12 +25,11 @@ under each standardisation:
 
 from __future__ import annotations
 
-import argparse
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
-from common import DEFAULT_DATA_DIR, pick_device, use_threads
+from common import pick_device, record_all, recording_parser
 
 ALPHA = 1e-3  # asset's default, which the recorded runs used
 EPSILON = 1e-6  # the fast schedule's level set
@@ -152,35 +151,13 @@ def run_lines(folder: Path) -> list[str]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--datasets", nargs="+", default=["digits"], choices=["digits", "cifar10", "gtsrb", "ember"])
-    ap.add_argument("--attacks", nargs="+", default=["clean", "badnet", "blend"],
-                    help="attack names, 'clean', NAME-a2a for the all-to-all variant (badnet-a2a), "
-                         "ember-explanation[-constrained] for rows")
-    ap.add_argument("--rate", type=float, default=0.05)
-    ap.add_argument("--reserve-per-class", type=int, nargs="+", default=[20])
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--limit", type=int, default=3000, help="inspected images (cifar10, gtsrb) or rows (ember)")
-    ap.add_argument("--cache-dir", type=Path, default=None, help="cache of the attacks' trained parts")
-    ap.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
-    ap.add_argument("--device", default="auto")
-    ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--record", type=Path, help="folder for the recorded runs (those already there are kept)")
-    ap.add_argument("--replay", type=Path, help="only print the tables of a folder of recorded runs")
-    args = ap.parse_args()
-    if args.replay is None:
-        use_threads(args.threads)
-        args.record.mkdir(parents=True, exist_ok=True)
-        for name in args.datasets:
-            for attack in args.attacks:
-                for per_class in args.reserve_per_class:
-                    for seed in args.seeds:
-                        out = args.record / f"{name}_{attack}_{per_class}_{seed}.npz"
-                        if not out.exists():
-                            record_run(name, attack, per_class, seed, args, out)
-                            print(f"recorded {out.name}", flush=True)
-    print("\n".join(table(args.replay or args.record)))
-    print("\n".join(run_lines(args.replay or args.record)))
+    ap = recording_parser(__doc__.splitlines()[0], ["digits", "cifar10", "gtsrb", "ember"],
+                          ["clean", "badnet", "blend"],
+                          "attack names, 'clean', NAME-a2a for the all-to-all variant (badnet-a2a), "
+                          "ember-explanation[-constrained] for rows", [20])
+    folder = record_all(ap.parse_args(), record_run)
+    print("\n".join(table(folder)))
+    print("\n".join(run_lines(folder)))
 
 
 if __name__ == "__main__":

@@ -84,3 +84,41 @@ def timed_detection(detector, truth, device: str, *args, **kwargs):
     tpr = float((result.flagged & truth).sum() / max(1, truth.sum()))
     fpr = float((result.flagged & ~truth).sum() / max(1, (~truth).sum()))
     return result, seconds, tpr, fpr
+
+
+def recording_parser(description: str, datasets: list[str], attacks: list[str], attack_help: str,
+                     reserve_per_class: list[int]) -> argparse.ArgumentParser:
+    """The options of the scripts that record detector runs on ``false_alarms.py``'s draws and
+    replay them (``ct_flag_rule.py``, ``asset_class_test.py``)."""
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("--datasets", nargs="+", default=["digits"], choices=datasets)
+    ap.add_argument("--attacks", nargs="+", default=attacks, help=attack_help)
+    ap.add_argument("--rate", type=float, default=0.05)
+    ap.add_argument("--reserve-per-class", type=int, nargs="+", default=reserve_per_class)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--limit", type=int, default=3000, help="inspected images (cifar10, gtsrb) or rows (ember)")
+    ap.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
+    ap.add_argument("--cache-dir", type=Path, default=None, help="cache of the attacks' trained parts")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--record", type=Path, help="folder for the recorded runs (those already there are kept)")
+    ap.add_argument("--replay", type=Path, help="only print the tables of a folder of recorded runs")
+    return ap
+
+
+def record_all(args: argparse.Namespace, record_run) -> Path:
+    """``record_run(name, attack, per_class, seed, args, out)`` for every combination of ``args``
+    not yet in ``args.record`` (unless ``--replay``); returns the folder to replay."""
+    if args.replay is not None:
+        return args.replay
+    use_threads(args.threads)
+    args.record.mkdir(parents=True, exist_ok=True)
+    for name in args.datasets:
+        for attack in args.attacks:
+            for per_class in args.reserve_per_class:
+                for seed in args.seeds:
+                    out = args.record / f"{name}_{attack}_{per_class}_{seed}.npz"
+                    if not out.exists():
+                        record_run(name, attack, per_class, seed, args, out)
+                        print(f"recorded {out.name}", flush=True)
+    return args.record

@@ -26,12 +26,11 @@ The class decision is the same under every rule; only the suspected classes' fla
 
 from __future__ import annotations
 
-import argparse
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
-from common import DEFAULT_DATA_DIR, pick_device, use_threads
+from common import pick_device, record_all, recording_parser
 
 RULES = ("fitted", "below 0", "below 0.01", "below 0.02", "below 0.03", "below 0.04", "below 0.05")
 ALPHA = 1e-3  # ct's default, which the recorded runs used
@@ -134,34 +133,11 @@ def run_lines(folder: Path) -> list[str]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--datasets", nargs="+", default=["digits"], choices=["digits", "cifar10", "gtsrb"])
-    ap.add_argument("--attacks", nargs="+", default=["badnet", "blend"],
-                    help="attack names, 'clean', or NAME-a2a for the all-to-all variant (badnet-a2a)")
-    ap.add_argument("--rate", type=float, default=0.05)
-    ap.add_argument("--reserve-per-class", type=int, nargs="+", default=[20, 50])
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--limit", type=int, default=3000, help="inspected images (cifar10, gtsrb)")
-    ap.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
-    ap.add_argument("--cache-dir", type=Path, default=None, help="cache of the attacks' trained parts")
-    ap.add_argument("--device", default="auto")
-    ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--record", type=Path, help="folder for the recorded runs (those already there are kept)")
-    ap.add_argument("--replay", type=Path, help="only print the table of a folder of recorded runs")
-    args = ap.parse_args()
-    if args.replay is None:
-        use_threads(args.threads)
-        args.record.mkdir(parents=True, exist_ok=True)
-        for name in args.datasets:
-            for attack in args.attacks:
-                for per_class in args.reserve_per_class:
-                    for seed in args.seeds:
-                        out = args.record / f"{name}_{attack}_{per_class}_{seed}.npz"
-                        if not out.exists():
-                            record_run(name, attack, per_class, seed, args, out)
-                            print(f"recorded {out.name}", flush=True)
-    print("\n".join(table(args.replay or args.record)))
-    print("\n".join(run_lines(args.replay or args.record)))
+    ap = recording_parser(__doc__.splitlines()[0], ["digits", "cifar10", "gtsrb"], ["badnet", "blend"],
+                          "attack names, 'clean', or NAME-a2a for the all-to-all variant (badnet-a2a)", [20, 50])
+    folder = record_all(ap.parse_args(), record_run)
+    print("\n".join(table(folder)))
+    print("\n".join(run_lines(folder)))
 
 
 if __name__ == "__main__":
