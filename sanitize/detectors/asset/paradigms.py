@@ -120,7 +120,7 @@ def transfer_inputs(data: ImageDataset, reserve: ImageDataset, encoder: Encoder,
         raise SanitizeError("--paradigm transfer inspects image folders")
     check_labelled(data, "asset --paradigm transfer")
     data.check_reserve(reserve)
-    reserve, fit_settings, notes, _ = _fitted(data, reserve, "images", reserve_check)
+    reserve, fit_settings, notes, groups = _fitted(data, reserve, "images", reserve_check)
     data, reserve = data.to(device), reserve.to(device)
     feats, prep_in = encode(encoder, data.images, side=input_size, normalize=normalize)
     reserve_feats, _ = encode(encoder, reserve.images, side=input_size, normalize=normalize, prep=prep_in)
@@ -133,7 +133,7 @@ def transfer_inputs(data: ImageDataset, reserve: ImageDataset, encoder: Encoder,
         notes.append(f"grayscale images repeated to {prep_in.channels} channels for the encoder")
     return Inputs(feats, data.labels, reserve_feats, reserve.labels, classes,
                   lambda: transfer_head(dim, classes, device), FeatureStandardise(feats), "transfer-head",
-                  np.arange(len(data)), len(data), None, notes=notes, settings=settings)
+                  np.arange(len(data)), len(data), None, notes=notes, settings=settings, reserve_groups=groups)
 
 
 def unlabelled_inputs(data: ImageDataset, reserve: ImageDataset, arch: str, device: torch.device, *,
@@ -151,7 +151,7 @@ def unlabelled_inputs(data: ImageDataset, reserve: ImageDataset, arch: str, devi
                             f"a few hundred or more is recommended")
     data = _as_unlabelled(data)
     reserve = _as_unlabelled(reserve)
-    reserve, fit_settings, notes, _ = _fitted(data, reserve, "images", reserve_check)
+    reserve, fit_settings, notes, groups = _fitted(data, reserve, "images", reserve_check)
     side = min(data.size)
     chosen = default_arch(device, side) if arch == "auto" else arch
     if arch == "auto":
@@ -163,7 +163,7 @@ def unlabelled_inputs(data: ImageDataset, reserve: ImageDataset, arch: str, devi
         return model.to(memory_format=torch.channels_last) if device.type == "cuda" else model
 
     return Inputs(data.images, data.labels, reserve.images, reserve.labels, 1, factory, Preprocess.fit(data.images),
-                  chosen, np.arange(len(data)), len(data), side, notes=notes,
+                  chosen, np.arange(len(data)), len(data), side, notes=notes, reserve_groups=groups,
                   settings={"offset_model": f"{chosen} with {SSL_OUTPUTS} outputs", **fit_settings})
 
 
