@@ -188,34 +188,35 @@ def reserve_clustering(data_x: torch.Tensor, data_labels: np.ndarray, reserve_x:
     data_rows = _directions(_rows(data_x[torch.as_tensor(data_pick).to(data_x.device)]))
     reserve_rows = _directions(_rows(reserve_x))
     picked_labels = data_labels[data_pick]
-    reserve_near, data_near, among_class = [], [], []
+    compared, data_near = [], []  # first the data's distances, which set the twin threshold
     for c in np.unique(reserve_labels):
         mine, theirs = np.flatnonzero(reserve_labels == c), np.flatnonzero(picked_labels == c)
         if len(mine) < 3 or len(theirs) == 0:
             continue
         if len(mine) > MAX_RESERVE_PER_CLASS:  # bounded memory and time; the others stay ungrouped
             mine = np.sort(rng.choice(mine, MAX_RESERVE_PER_CLASS, replace=False))
-        among = reserve_rows[mine] @ reserve_rows[mine].T
-        np.fill_diagonal(among, -np.inf)
-        among_class.append((mine, 1.0 - among))
-        reserve_near.append(1.0 - among.max(1))
+        compared.append(mine)
         to_reserve = data_rows[theirs] @ reserve_rows[mine].T
         to_reserve[np.arange(len(theirs)), rng.integers(0, len(mine), len(theirs))] = -np.inf
         data_near.append(1.0 - to_reserve.max(1))
-    if not reserve_near:
+    if not compared:
         return None
-    near_r, near_d = np.concatenate(reserve_near), np.concatenate(data_near)
+    near_d = np.concatenate(data_near)
+    twin = float(np.quantile(near_d, TWIN_QUANTILE))
+    reserve_near, rows, cols = [], [], []
+    for mine in compared:  # then the reserve's, one class's distances at a time
+        among = 1.0 - reserve_rows[mine] @ reserve_rows[mine].T
+        np.fill_diagonal(among, np.inf)
+        reserve_near.append(among.min(1))
+        i, j = np.nonzero(among < twin)
+        rows.extend(mine[i])
+        cols.extend(mine[j])
+    near_r = np.concatenate(reserve_near)
     n1, n2 = len(near_r), len(near_d)
     if n1 < 20 or n2 < 20:
         return None
     auroc = float(roc_auc_score(np.repeat([1, 0], [n1, n2]), -np.concatenate([near_r, near_d])))
     sd = math.sqrt((n1 + n2 + 1) / (12.0 * n1 * n2))
-    twin = float(np.quantile(near_d, TWIN_QUANTILE))
-    rows, cols = [], []
-    for mine, distances in among_class:
-        i, j = np.nonzero(distances < twin)
-        rows.extend(mine[i])
-        cols.extend(mine[j])
     graph = csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(len(reserve_labels),) * 2)
     groups = connected_components(graph, directed=False)[1]
     return auroc, 0.5 * math.erfc((auroc - 0.5) / sd / math.sqrt(2)), groups

@@ -190,17 +190,14 @@ def stratified_split(labels: torch.Tensor, num_classes: int, fraction: float, ge
 def _whole_groups(order: torch.Tensor, groups: np.ndarray, take: int, most: int) -> torch.Tensor:
     """Members of ``order`` taken a whole group at a time, in order, until ``take`` are held
     (never more than ``most``; a group that would pass it is skipped)."""
-    chosen: list[int] = []
-    done: set[int] = set()
     ids = order.tolist()
-    for i in ids:
+    by_group: dict[int, list[int]] = {}
+    for i in ids:  # each group's members, in the order they come
+        by_group.setdefault(int(groups[i]), []).append(i)
+    chosen: list[int] = []
+    for members in by_group.values():  # groups in the order of their first member
         if len(chosen) >= take:
             break
-        group = int(groups[i])
-        if group in done:
-            continue
-        done.add(group)
-        members = [j for j in ids if int(groups[j]) == group]
         if len(chosen) + len(members) <= most:
             chosen.extend(members)
     return torch.tensor(chosen, dtype=torch.long)
