@@ -131,3 +131,15 @@ def test_cli_refuses_an_unfit_reserve_with_one_line_and_exit_2(tmp_path, capsys)
             err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
             assert code == 2 and len(err) == 1 and words in err[0], (command, folder, err)
             assert not (tmp_path / "o").exists()
+
+
+def test_non_finite_feature_values_do_not_break_the_checks() -> None:
+    # rows built through the Python API may hold NaN or infinite values (files with them are refused
+    # when read); the checks read them as 0 instead of failing with a traceback
+    rng = np.random.default_rng(0)
+    data = torch.from_numpy(rng.normal(size=(400, 20)).astype(np.float32))
+    reserve = torch.from_numpy(rng.normal(size=(100, 20)).astype(np.float32))
+    data[5, 1], reserve[3, 2] = float("inf"), float("nan")
+    labels, reserve_labels = torch.arange(2).repeat_interleave(200), torch.arange(2).repeat_interleave(50)
+    keep, fit = check_reserve_fit(data, labels, reserve, reserve_labels, 2, ["a", "b"], "rows")
+    assert len(keep) == 100 and 0.3 < fit.clustering_auroc < 0.7 and 0.3 < fit.two_sample_auroc < 0.7

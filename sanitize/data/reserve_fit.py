@@ -71,12 +71,13 @@ class ReserveFit:
 
 
 def _rows(samples: torch.Tensor) -> np.ndarray:
-    """One row of coarse features per sample: an image's thumbnail, or a feature row as it is."""
+    """One row of coarse features per sample: an image's thumbnail, or a feature row as it is
+    (NaN and infinite values, which rows built through the Python API may hold, read as 0)."""
     x = samples.float()
     if x.ndim == 4:  # images, N x C x H x W
         side = min(THUMBNAIL, x.shape[2], x.shape[3])
         x = F.adaptive_avg_pool2d(x, side).flatten(1) / 255.0
-    return x.cpu().numpy().astype(np.float64)
+    return np.nan_to_num(x.cpu().numpy().astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
 
 
 @torch.no_grad()
@@ -141,7 +142,6 @@ def two_sample_auroc(data_x: torch.Tensor, data_labels: np.ndarray, reserve_x: t
     d = _rows(data_x[torch.as_tensor(d_idx).to(data_x.device)])
     r = _rows(reserve_x[torch.as_tensor(r_idx).to(reserve_x.device)])
     x, y = np.concatenate([d, r]), np.repeat([0, 1], n)
-    x = np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
     model = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=300))
     folds = StratifiedKFold(n_splits=5, shuffle=True, random_state=seed)
     scores = cross_val_predict(model, x, y, cv=folds, method="decision_function")
