@@ -64,7 +64,8 @@ def record_run(name: str, attack: str, per_class: int, seed: int, args, out: Pat
     inspected = len(seen["labels"]) - seen["canaries"]
     assert inspected == len(data) and seen["canaries"] > 0, "asset must have run with canaries on every sample"
     assert np.array_equal(result.flagged, flags(seen, "median shift")), "the replay must reproduce asset's flags"
-    np.savez(out, truth=truth, suspected=np.array(result.suspected_classes, dtype=np.int64), **seen)
+    np.savez(out, truth=truth, suspected=np.array(result.suspected_classes, dtype=np.int64), target=args.target,
+             **seen)
 
 
 def standardised(run, rule: str) -> np.ndarray:
@@ -131,7 +132,7 @@ def table(folder: Path) -> list[str]:
                 tpr.append(f[t].mean() if t.any() else np.nan)
                 fpr.append(f[~t].mean())
                 naming += bool(named)
-                target += 0 in named and bool(t.any())
+                target += (int(run["target"]) if "target" in run else 0) in named and bool(t.any())
             shown = f"{np.nanmin(tpr):.3f} / {np.nanmean(tpr):.3f}" if not np.isnan(tpr).all() else "–"
             named_col = f"{naming} ({target})" if attack != "clean" else f"{naming}"
             rows.append(f"| {name} | {attack} | {per_class} | {len(runs)} | {rule} | {named_col} | {shown} | "

@@ -13,6 +13,7 @@ each trigger's "ASR" there: the rate at which a trigger alone already flips pred
     python benchmarks/attack_asr.py --attacks badnet blend trojan --train 5000 --epochs 15
     python benchmarks/attack_asr.py --device cuda --train 50000 --arch resnet18 --epochs 40 --json asr.json
     python benchmarks/attack_asr.py --digits --attacks cl narcissus --rate 0.05 --epochs 30
+    python benchmarks/attack_asr.py --attacks issba --train 3000 --draw 0 --rate 0.03 --baseline
 
 ``cl`` and ``narcissus`` train their own model of the task first (cached under ``--cache-dir``);
 the "attack seconds" column is that cost.
@@ -30,7 +31,7 @@ import time
 from pathlib import Path
 
 import torch
-from common import CLASSES, DEFAULT_DATA_DIR, load_module
+from common import CLASSES, DEFAULT_DATA_DIR, drawn_positions, load_module
 
 from sanitize import from_arrays
 from sanitize.attacks import ATTACK_INFO, ATTACKS, PoisonedSet, Surrogate, apply_trigger_to_test, run_attack
@@ -69,10 +70,14 @@ def load_sets(args: argparse.Namespace) -> tuple[ImageDataset, ImageDataset]:
     if not (args.data_dir / "load.py").exists():
         sys.exit(f"no CIFAR-10 data under {args.data_dir} (pass --data-dir)")
     loader = load_module(args.data_dir)
-    parts = list(range((args.train - 1) // 10_000 + 1))
-    x, y = loader.load("cifar10", "train", parts)
+    if args.draw is None:
+        x, y = loader.load("cifar10", "train", list(range((args.train - 1) // 10_000 + 1)))
+        take = slice(None, args.train)
+    else:
+        x, y = loader.load("cifar10", "train", None)
+        take = drawn_positions(len(x), args.train, args.draw)
     xt, yt = loader.load("cifar10", "test", [0])
-    return (from_arrays(x[: args.train], y[: args.train], CLASSES),
+    return (from_arrays(x[take], y[take], CLASSES),
             from_arrays(xt[: args.test], yt[: args.test], CLASSES))
 
 
@@ -87,6 +92,9 @@ def main() -> None:
     ap.add_argument("--attacks", nargs="+", default=list(ATTACKS), choices=list(ATTACKS))
     ap.add_argument("--rate", type=float, default=None, help="poison rate for every attack (default: per attack)")
     ap.add_argument("--train", type=int, default=5000, help="first N CIFAR-10 training images")
+    ap.add_argument("--draw", type=int, default=None, metavar="SEED",
+                    help="N training images drawn at random by this seed instead of the first N: the set "
+                         "false_alarms.py --datasets cifar10 --limit N inspects at that seed")
     ap.add_argument("--test", type=int, default=2000, help="first N CIFAR-10 test images")
     ap.add_argument("--epochs", type=int, default=15)
     ap.add_argument("--batch-size", type=int, default=128)

@@ -64,6 +64,15 @@ def load_cifar_subset(data_dir: Path, train_parts: list[int], limit: int | None,
     return data, reserve
 
 
+def drawn_positions(n_total: int, limit: int, seed: int):
+    """The sorted positions of the ``limit`` training images a seed draws at random: the
+    inspected set of ``false_alarms.py`` (and the recording scripts), and what ``attack_asr.py
+    --draw`` measures an attack's success on, so the two describe the same images."""
+    import numpy as np
+
+    return np.sort(np.random.default_rng(seed).permutation(n_total)[:limit])
+
+
 def pick_device(spec: str) -> tuple[str, str]:
     """(device for the detector, the machine's name for the table) from ``--device``."""
     import torch
@@ -94,6 +103,7 @@ def recording_parser(description: str, datasets: list[str], attacks: list[str], 
     ap.add_argument("--datasets", nargs="+", default=["digits"], choices=datasets)
     ap.add_argument("--attacks", nargs="+", default=attacks, help=attack_help)
     ap.add_argument("--rate", type=float, default=0.05)
+    ap.add_argument("--target", type=int, default=0, help="the attacks' target class")
     ap.add_argument("--reserve-per-class", type=int, nargs="+", default=reserve_per_class)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--limit", type=int, default=3000, help="inspected images (cifar10, gtsrb) or rows (ember)")

@@ -3,8 +3,8 @@
 
 For each data set, reserve size (images or rows per class) and seed, the reserve is drawn at
 random from data the inspected set does not contain, the inspected set is the rest, optionally
-poisoned (``--attack``, target class 0), and each detector runs through the Python API on the CPU
-or GPU. One JSON line per run (appended to ``--json``, so a stopped run keeps what it measured
+poisoned (``--attack``, target class ``--target``, default 0), and each detector runs through the
+Python API on the CPU or GPU. One JSON line per run (appended to ``--json``, so a stopped run keeps what it measured
 and a rerun skips what is there), then a Markdown table: per data set, detector and reserve size,
 the share of runs that flag anything and the flagged fractions (clean), or TPR/FPR (poisoned).
 
@@ -31,7 +31,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
-from common import DEFAULT_DATA_DIR, load_module, pick_device, timed_detection, use_threads
+from common import DEFAULT_DATA_DIR, drawn_positions, load_module, pick_device, timed_detection, use_threads
 
 from sanitize import asset, ct, from_arrays
 from sanitize.attacks import ATTACKS, Surrogate, run_attack
@@ -61,9 +61,9 @@ def image_sets(name: str, per_class: int, seed: int, args):
     x, y = loader.load(name, "train", None)
     xt, yt = loader.load(name, "test", None)
     classes = [str(c) for c in range(int(max(y.max(), yt.max())) + 1)]
-    take = np.random.default_rng(seed).permutation(len(x))[: args.limit]
+    take = drawn_positions(len(x), args.limit, seed)
     reserve = draw_reserve(yt, per_class, seed)
-    return from_arrays(x[np.sort(take)], y[np.sort(take)], classes), from_arrays(xt[reserve], yt[reserve], classes)
+    return from_arrays(x[take], y[take], classes), from_arrays(xt[reserve], yt[reserve], classes)
 
 
 def ember_sets(per_class: int, seed: int, args):
@@ -94,7 +94,7 @@ def attack_name(args) -> str:
 
 def draw(name: str, per_class: int, seed: int, args) -> tuple:
     """(inspected, reserve, poison truth) of one run: ``args.attack`` (none: clean) at ``args.rate``,
-    target class 0."""
+    target class ``args.target``."""
     data, reserve = ember_sets(per_class, seed, args) if name == "ember" else image_sets(name, per_class, seed, args)
     truth = np.zeros(len(data), dtype=bool)
     if args.attack == "ember-explanation":
@@ -102,7 +102,7 @@ def draw(name: str, per_class: int, seed: int, args) -> tuple:
         data, truth = poisoned.dataset, poisoned.is_poison
     elif args.attack:
         surrogate = Surrogate(device=pick_device(args.device)[0], cache_dir=args.cache_dir)  # cl, narcissus, ...
-        poisoned = run_attack(args.attack, data, args.rate, 0, seed, surrogate=surrogate,
+        poisoned = run_attack(args.attack, data, args.rate, args.target, seed, surrogate=surrogate,
                               **({"all_to_all": True} if args.all_to_all else {}))
         data, truth = poisoned.dataset, poisoned.is_poison
     return data, reserve, truth
@@ -113,7 +113,8 @@ def one_run(name: str, detector: str, per_class: int, seed: int, args) -> dict:
     device, machine = pick_device(args.device)
     attack = attack_name(args)
     run = {"dataset": name, "detector": detector, "reserve_per_class": per_class, "seed": seed,
-           "attack": attack, "rate": args.rate if args.attack else 0.0, "n": len(data),
+           "attack": attack, "rate": args.rate if args.attack else 0.0, "target": args.target if args.attack else None,
+           "n": len(data),
            "machine": machine}
     try:
         result, seconds, tpr, fpr = timed_detection(DETECTORS[detector], truth, device, data, reserve, seed=seed)
@@ -150,10 +151,12 @@ def main() -> None:
     ap.add_argument("--reserve-per-class", type=int, nargs="+", default=[10, 20, 50])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     ap.add_argument("--attack", choices=[*sorted(ATTACKS), "ember-explanation"], default=None,
-                    help="poison the inspected set (images: target class 0; ember: the clean-label feature trigger)")
+                    help="poison the inspected set (images: target class --target; ember: the clean-label "
+                         "feature trigger)")
     ap.add_argument("--constrained", action="store_true", help="ember-explanation: the 17 feasible features")
     ap.add_argument("--all-to-all", action="store_true", help="badnet, blend, trojan: label y -> y + 1 mod C")
     ap.add_argument("--rate", type=float, default=0.05)
+    ap.add_argument("--target", type=int, default=0, help="the attack's target class")
     ap.add_argument("--limit", type=int, default=2000, help="inspected images or rows (cifar10, gtsrb, ember)")
     ap.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
     ap.add_argument("--device", default="auto")
