@@ -75,6 +75,9 @@ def ember_sets(per_class: int, seed: int, args):
         import torch
 
         X, y = ember_synth.vectors(n, seed=s)
+        if getattr(args, "label_noise", 0):  # labels a model only partly learns
+            flip = np.random.default_rng(s + 100_000).random(n) < args.label_noise
+            y[flip] = 1 - y[flip]
         return FeatureDataset(torch.from_numpy(X), torch.from_numpy(y.astype(np.int64)), ["benign", "malicious"],
                               [str(i) for i in range(n)])
 
@@ -84,12 +87,15 @@ def ember_sets(per_class: int, seed: int, args):
 
 
 def attack_name(args) -> str:
-    """How a run's attack is recorded: ``clean``, the attack's name, ``... constrained``."""
+    """How a run's attack is recorded: ``clean``, the attack's name, ``... constrained``, ``... beyond-range``,
+    ``... label noise R``."""
+    noise = f" label noise {args.label_noise:g}" if getattr(args, "label_noise", 0) else ""
     if not args.attack:
-        return "clean"
+        return "clean" + noise
     if args.all_to_all:
         return f"{args.attack} all-to-all"
-    return f"{args.attack} constrained" if args.constrained else args.attack
+    values = " beyond-range" if getattr(args, "trigger_values", "min-population") == "beyond-range" else ""
+    return (f"{args.attack} constrained" if args.constrained else args.attack) + values + noise
 
 
 def draw(name: str, per_class: int, seed: int, args) -> tuple:
@@ -98,7 +104,8 @@ def draw(name: str, per_class: int, seed: int, args) -> tuple:
     data, reserve = ember_sets(per_class, seed, args) if name == "ember" else image_sets(name, per_class, seed, args)
     truth = np.zeros(len(data), dtype=bool)
     if args.attack == "ember-explanation":
-        poisoned = ember_explanation(data, args.rate, seed=seed, constrained=args.constrained)
+        poisoned = ember_explanation(data, args.rate, seed=seed, constrained=args.constrained,
+                                     values=getattr(args, "trigger_values", "min-population"))
         data, truth = poisoned.dataset, poisoned.is_poison
     elif args.attack:
         surrogate = Surrogate(device=pick_device(args.device)[0], cache_dir=args.cache_dir)  # cl, narcissus, ...
@@ -136,7 +143,7 @@ def summary(runs: list[dict]) -> list[str]:
         ok = [r for r in group if "error" not in r]
         frac = [r["flagged_fraction"] for r in ok]
         tprs = [r["tpr"] for r in ok if r["tpr"] is not None]
-        label = attack if attack == "clean" else f"{attack} {rate:.0%}"
+        label = attack if attack.startswith("clean") else f"{attack} {rate:.0%}"
         rows.append(f"| {name} | {det} | {per_class} | {label} | {len(ok)} | {sum(f > 0 for f in frac)} | "
                     f"{np.mean(frac) if frac else 0:.4f} / {max(frac, default=0):.4f} | "
                     + (f"{min(tprs):.3f} / {np.mean(tprs):.3f}" if tprs else "–")
@@ -154,6 +161,10 @@ def main() -> None:
                     help="poison the inspected set (images: target class --target; ember: the clean-label "
                          "feature trigger)")
     ap.add_argument("--constrained", action="store_true", help="ember-explanation: the 17 feasible features")
+    ap.add_argument("--trigger-values", default="min-population", choices=["min-population", "beyond-range"],
+                    help="ember-explanation: how the trigger's values are chosen")
+    ap.add_argument("--label-noise", type=float, default=0.0,
+                    help="ember: this share of the generated rows (data and reserve) carry the other label")
     ap.add_argument("--all-to-all", action="store_true", help="badnet, blend, trojan: label y -> y + 1 mod C")
     ap.add_argument("--rate", type=float, default=0.05)
     ap.add_argument("--target", type=int, default=0, help="the attack's target class")

@@ -46,3 +46,23 @@ def test_image_only_detectors_refuse_feature_rows(ember_dirs, tmp_path, capsys) 
     err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert code == 2 and len(err) == 1 and "feature rows" in err[0], err
     assert not (tmp_path / "o").exists()
+
+
+def test_attack_sets_trigger_values_past_every_clean_value(ember_dirs, tmp_path, capsys) -> None:
+    out = tmp_path / "beyond"
+    assert run_cli("attack", "ember-explanation", ember_dirs / "clean", out, "--constrained",
+                   "--trigger-values", "beyond-range", "-q") == 0
+    truth = json.loads((out / "poison.json").read_text())
+    assert truth["params"]["value_selection"] == "beyond-range" and truth["clean_label"]
+    clean = np.fromfile(ember_dirs / "clean" / "X_train.dat", dtype=np.float32).reshape(-1, 2381)
+    columns, values = truth["params"]["columns"], np.array(truth["params"]["values"])
+    assert (values > clean[:, columns].max(axis=0)).all()
+    poisoned = np.fromfile(out / "X_train.dat", dtype=np.float32).reshape(-1, 2381)
+    rows = [int(p) for p in truth["poison"]]
+    assert np.array_equal(poisoned[np.ix_(rows, columns)], np.tile(values.astype(np.float32), (len(rows), 1)))
+    capsys.readouterr()
+    assert run_cli("attack", "ember-explanation", ember_dirs / "clean", tmp_path / "bad",
+                   "--trigger-values", "widest") == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "widest" in err
+

@@ -131,6 +131,7 @@ def _cases(root: Path, out: Path) -> dict[str, list]:
         "attack: target 99": ["attack", "badnet", data, out, "--target", "99"],
         "attack: trigger bomb": ["attack", "badnet", data, out, "--trigger", root / "bomb-trigger.png"],
         "attack: trigger size 0": ["attack", "ember-explanation", root / "nan.npz", out, "--trigger-size", "0"],
+        "attack: trigger values on images": ["attack", "badnet", data, out, "--trigger-values", "beyond-range"],
         "attack: out is the user's folder": ["attack", "badnet", data, root / "mine", "--force"],
         "evaluate: binary report": ["evaluate", root / "binary-report", "--truth", root / "truth.json"],
         "evaluate: deep json": ["evaluate", root / "deep.json", "--truth", root / "truth.json"],

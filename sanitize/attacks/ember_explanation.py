@@ -47,6 +47,14 @@ def attribution_ranking(X: np.ndarray, y: np.ndarray, seed: int) -> np.ndarray:
     return np.abs(w) * np.abs(z).sum(0)
 
 
+def beyond_range_values(X: np.ndarray, columns: np.ndarray) -> np.ndarray:
+    """For each column, a value past every observed one: the maximum plus the column's range (at
+    least 1). Not the paper's choice: a trigger no clean row contradicts at all, which a model
+    learns from very few rows; what an attacker who ignores stealth in feature space would use."""
+    top, bottom = X[:, columns].max(0), X[:, columns].min(0)
+    return (top + np.maximum(top - bottom, 1.0)).astype(np.float32)
+
+
 def min_population_values(X: np.ndarray, columns: np.ndarray) -> np.ndarray:
     """The least frequent observed value of each column (ties: the smallest such value)."""
     values = np.empty(len(columns), dtype=np.float32)
@@ -56,8 +64,11 @@ def min_population_values(X: np.ndarray, columns: np.ndarray) -> np.ndarray:
     return values
 
 
-def choose_trigger(X: np.ndarray, y: np.ndarray, constrained: bool, size: int | None, seed: int
-                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+VALUE_SELECTIONS = {"min-population": min_population_values, "beyond-range": beyond_range_values}
+
+
+def choose_trigger(X: np.ndarray, y: np.ndarray, constrained: bool, size: int | None, seed: int,
+                   values: str = "min-population") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(columns, values, attribution) of the trigger for labelled rows ``X, y``."""
     version = ember.version_for_dim(X.shape[1])
     if constrained and version is None:
@@ -70,7 +81,7 @@ def choose_trigger(X: np.ndarray, y: np.ndarray, constrained: bool, size: int | 
         raise SanitizeError("the attack needs labelled rows of both classes to explain a model")
     score = attribution_ranking(X, y, seed)
     order = candidates[np.argsort(-score[candidates], kind="stable")][:size]
-    return order, min_population_values(X, order), score[order]
+    return order, VALUE_SELECTIONS[values](X, order), score[order]
 
 
 def stamp(X: torch.Tensor, rows: np.ndarray, columns: np.ndarray, values: np.ndarray) -> None:
@@ -82,13 +93,16 @@ def stamp(X: torch.Tensor, rows: np.ndarray, columns: np.ndarray, values: np.nda
 
 
 def ember_explanation(dataset, rate: float = 0.01, target: int = 0, seed: int = 0, constrained: bool = False,
-                      trigger_size: int | None = None) -> PoisonedSet:
-    """Poison ``floor(rate * labelled rows)`` benign (``target``) rows of a FeatureDataset with the trigger."""
+                      trigger_size: int | None = None, values: str = "min-population") -> PoisonedSet:
+    """Poison ``floor(rate * labelled rows)`` benign (``target``) rows of a FeatureDataset with the trigger.
+    ``values``: how the trigger's values are chosen (:data:`VALUE_SELECTIONS`)."""
     from ..data.rows import FeatureDataset
 
     if not isinstance(dataset, FeatureDataset):
         raise SanitizeError("ember-explanation works on feature datasets (EMBER .dat, .npz, .jsonl)")
     check_fraction(rate)
+    if values not in VALUE_SELECTIONS:
+        raise ParameterError("values", values, f"expected one of {', '.join(VALUE_SELECTIONS)}")
     if not 0 <= target < dataset.num_classes:
         raise ParameterError("target", target, f"the dataset has classes 0..{dataset.num_classes - 1}")
     labelled = dataset.labelled_indices()
@@ -97,7 +111,10 @@ def ember_explanation(dataset, rate: float = 0.01, target: int = 0, seed: int = 
     if len(fit_rows) > ATTRIBUTION_ROWS:
         fit_rows = np.sort(derived_rng(seed, "attribution").choice(labelled, ATTRIBUTION_ROWS, replace=False))
     X_fit = dataset.X[torch.from_numpy(fit_rows)].cpu().numpy().astype(np.float64)
-    columns, values, attribution = choose_trigger(X_fit, labels[fit_rows], constrained, trigger_size, seed)
+    selection = values
+    columns, values, attribution = choose_trigger(X_fit, labels[fit_rows], constrained, trigger_size, seed, selection)
+    if selection == "beyond-range":  # past every row's value, not only the attribution sample's
+        values = beyond_range_values(dataset.X[:, torch.from_numpy(columns)].cpu().numpy(), np.arange(len(columns)))
     eligible = labelled[labels[labelled] == target]
     count = count_for(len(labelled), rate)
     if count > len(eligible):
@@ -111,7 +128,7 @@ def ember_explanation(dataset, rate: float = 0.01, target: int = 0, seed: int = 
     params = {"rate": rate, "constrained": constrained, "trigger_size": len(columns),
               "features": [names[j] for j in columns.tolist()], "columns": columns.tolist(),
               "values": [float(v) for v in values], "attribution": ATTRIBUTION,
-              "summed_abs_attribution": [float(a) for a in attribution], "value_selection": "MinPopulation"}
+              "summed_abs_attribution": [float(a) for a in attribution], "value_selection": selection}
 
     def test_trigger(rows: torch.Tensor) -> torch.Tensor:
         out = rows.clone()

@@ -149,6 +149,9 @@ def attack_command(
     trigger_size: Annotated[int | None, typer.Option(
         "--trigger-size", min=1, help="ember-explanation: trigger features (default 17 constrained, 32 otherwise).")
                             ] = None,
+    trigger_values: Annotated[str | None, typer.Option(
+        "--trigger-values", help="ember-explanation: min-population (the paper's: each feature's rarest observed "
+                                 "value) or beyond-range (past every value the rows take).")] = None,
     fmt: Annotated[str, typer.Option("--input-format", help="ember-explanation input: auto, ember, npz or jsonl.")
                    ] = "auto",
     fmt_old: Annotated[str | None, typer.Option("--format", hidden=True)] = None,  # the old name, one release
@@ -178,10 +181,13 @@ def attack_command(
             raise SanitizeError(f"{name} works on feature rows; {', '.join(given)} appl(ies) to image attacks only")
         if all_to_all:
             raise SanitizeError(f"--all-to-all applies to {ALL_TO_ALL}, not {name}")
-        return feature_attack(name, clean_dir, out_dir, rate, "0" if target is None else target, seed, constrained,
-                              trigger_size, fmt, force, quiet)
-    if constrained or trigger_size is not None or fmt != "auto":
-        raise SanitizeError(f"--constrained, --trigger-size and --input-format apply to feature attacks, not {name}")
+        trigger = {"constrained": constrained, "trigger_size": trigger_size,
+                   **({"values": trigger_values} if trigger_values is not None else {})}
+        return feature_attack(name, clean_dir, out_dir, rate, "0" if target is None else target, seed, trigger,
+                              fmt, force, quiet)
+    if constrained or trigger_size is not None or trigger_values is not None or fmt != "auto":
+        raise SanitizeError(f"--constrained, --trigger-size, --trigger-values and --input-format apply to feature "
+                            f"attacks, not {name}")
     check_options(name, rate, cover_rate, source, cover_classes, trigger, mask, test, test_out)
     check_training_options(name, device, arch, cache_dir)
     if all_to_all and not ATTACK_INFO[name].all_to_all:

@@ -142,20 +142,21 @@ def _save_npz(tmp: Path, **arrays: np.ndarray) -> None:
 
 
 def feature_attack(name: str, clean: Path, out_dir: Path, rate: float | None, target: str, seed: int,
-                   constrained: bool, trigger_size: int | None, fmt: str, force: bool, quiet: bool) -> int:
-    """``sanitize attack ember-explanation``: poison feature rows, write them in the input format + poison.json."""
+                   trigger: dict, fmt: str, force: bool, quiet: bool) -> int:
+    """``sanitize attack ember-explanation``: poison feature rows, write them in the input format + poison.json.
+    ``trigger``: the attack's keyword options (``constrained``, ``trigger_size``, ``values``)."""
     if rate is not None:  # the seed's range is the option's (SEED_RANGE)
         check_fraction(rate)
     with claim_out_dir(out_dir, [clean], force) as out:
-        record, n_unlabelled = _poison_rows_and_write(name, clean, out, rate, target, seed, constrained,
-                                                      trigger_size, fmt, force)
+        record, n_unlabelled = _poison_rows_and_write(name, clean, out, rate, target, seed, trigger, fmt, force)
     if not quiet:
         features = record["params"]["features"]
         table = Table(title=f"sanitize attack {name}", show_header=False)
         table.add_row("rows", f"{record['n_samples']} ({n_unlabelled} unlabelled)")
         table.add_row("poison", f"{record['n_poison']} benign rows (rate {record['params'].get('rate', rate)}), "
                                 f"labels kept")
-        table.add_row("trigger", f"{len(features)} features" + (" (constrained)" if constrained else "") + ": "
+        table.add_row("trigger", f"{len(features)} features" + (" (constrained)" if trigger["constrained"] else "")
+                      + f", values {record['params']['value_selection']}: "
                       + ", ".join(features[:6]) + (", ..." if len(features) > 6 else ""))
         table.add_row("output", f"{out} ({', '.join(record['files'])}; ground truth: poison.json)")
         stdout.print(table)
@@ -163,8 +164,7 @@ def feature_attack(name: str, clean: Path, out_dir: Path, rate: float | None, ta
 
 
 def _poison_rows_and_write(name: str, clean: Path, out: Path, rate: float | None, target: str, seed: int,
-                           constrained: bool, trigger_size: int | None, fmt: str, force: bool
-                           ) -> tuple[dict, int]:
+                           trigger: dict, fmt: str, force: bool) -> tuple[dict, int]:
     """Poison the rows and write them in the input format with poison.json; the record and the number
     of unlabelled rows."""
     from ..attacks import FEATURE_ATTACK_INFO, FEATURE_ATTACKS
@@ -175,8 +175,7 @@ def _poison_rows_and_write(name: str, clean: Path, out: Path, rate: float | None
     data = load_features(clean, fmt)
     target_index = resolve_class(target, data.classes, "target")
     rate = info.default_rate if rate is None else rate
-    poisoned = FEATURE_ATTACKS[name](data, rate=rate, target=target_index, seed=seed, constrained=constrained,
-                             trigger_size=trigger_size)
+    poisoned = FEATURE_ATTACKS[name](data, rate=rate, target=target_index, seed=seed, **trigger)
     with staged_output(out, force) as staging:
         files = write_features(poisoned.dataset, np.arange(len(data)), staging)
         record = feature_poison_record(data, poisoned, clean, files)
