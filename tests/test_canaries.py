@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 
 from sanitize.detectors.canaries import (
+    CANARIES_PER_CUT,
+    below_canary_p,
     below_lowest_canary_p,
     below_pooled_cut,
     broken_classes,
@@ -14,7 +16,10 @@ from sanitize.detectors.canaries import (
     class_robust_z,
     detectable_count,
     flag_cut,
+    log_loss,
     pooled_canaries,
+    scan_canary_cuts,
+    scan_orders,
     set_wide_evidence,
     share_notes,
 )
@@ -31,6 +36,48 @@ def test_tail_probability_is_exact_for_exchangeable_samples() -> None:
     for k in (1, 2, 4, 6):
         empirical = (below >= k).mean()
         assert empirical == pytest.approx(below_lowest_canary_p(n, k, m), abs=4 * np.sqrt(empirical / 40000) + 1e-3)
+
+
+def test_tail_below_a_higher_canary_is_exact_for_exchangeable_samples() -> None:
+    n, m = 60, 30
+    assert below_canary_p(n, 5, m, 1) == below_lowest_canary_p(n, 5, m)
+    rng = np.random.default_rng(3)
+    draws = rng.random((40000, n + m))
+    for order in (2, 3):
+        cut = np.sort(draws[:, n:], axis=1)[:, order - 1:order]
+        below = (draws[:, :n] < cut).sum(axis=1)
+        for k in (2, 5, 9):
+            empirical = (below >= k).mean()
+            assert empirical == pytest.approx(below_canary_p(n, k, m, order),
+                                              abs=4 * np.sqrt(empirical / 40000) + 1e-3)
+
+
+def test_the_scan_grows_with_the_canaries_and_keeps_its_level() -> None:
+    assert [scan_orders(m, None) for m in (0, 15, CANARIES_PER_CUT - 1, CANARIES_PER_CUT, 300)] == [0, 1, 1, 2, 4]
+    assert scan_orders(10, 3) == 3 and scan_orders(2, 3) == 2
+    rng = np.random.default_rng(4)
+    runs, level, alarms = 4000, 0.05, 0
+    for _ in range(runs):  # exchangeable: the Bonferroni over the cuts keeps the p-value valid
+        alarms += scan_canary_cuts(rng.random(200), rng.random(300), None)[2] < level
+    assert alarms / runs <= level + 3 * np.sqrt(level / runs)
+
+
+def test_one_outlying_canary_does_not_hide_a_cluster_in_the_tail() -> None:
+    """Feature rows with a rare extreme value give a canary far below the others (a row whose
+    label the confused model fits with an enormous margin). A trigger cluster just above it, below
+    every other canary, was invisible to a cut at the lowest canary (EMBER-format rows with label
+    noise, docs/ember.md); the scan's second cut sees it, and the flags reach the cut it used."""
+    scores, labels, canary_scores, canary_labels = clean_run(np.random.default_rng(5), classes=2, n=5000, m=300,
+                                                             shift=False)
+    canary_scores[0] = -40.0  # class 0's outlying canary
+    poison = np.flatnonzero(labels == 0)[:100]
+    scores[poison] = np.sort(canary_scores)[1] - 0.5  # below every canary but the outlying one
+    z, cz = class_robust_z(scores, labels, canary_scores, canary_labels, 2)
+    only_lowest = canary_class_test(z, labels, cz, canary_labels, 2, 1e-3, cut_orders=1)
+    assert only_lowest[1] == []
+    flagged, suspected, stats, _ = canary_class_test(z, labels, cz, canary_labels, 2, 1e-3)
+    assert suspected == [0] and flagged[poison].all() and flagged.sum() <= len(poison) + 10
+    assert stats[0]["n_below_cut"] >= len(poison)
 
 
 def test_detectable_count_is_the_first_significant_count() -> None:
@@ -278,3 +325,23 @@ def test_a_class_left_fitted_does_not_count_towards_the_set_wide_evidence() -> N
     in_pool = pooled_canaries(canary_scores, canary_labels, [5])
     assert below_pooled_cut(scores, labels, canary_scores, canary_labels, stats) == (k, 2700, int(in_pool.sum()))
     assert in_pool.sum() == 271
+
+
+def test_log_loss_is_exact_where_the_float32_loss_underflows() -> None:
+    import torch
+    from torch.nn import functional as F
+
+    logits = torch.randn(500, 10) * 3
+    labels = torch.randint(0, 10, (500,))
+    exact = np.log(F.cross_entropy(logits.double(), labels, reduction="none").numpy())
+    assert np.allclose(log_loss(logits, labels), exact, atol=1e-9)
+    one = torch.randn(500) * 5
+    binary = torch.randint(0, 2, (500,))
+    exact = np.log(F.binary_cross_entropy_with_logits(one.double(), binary.double(), reduction="none").numpy())
+    assert np.allclose(log_loss(one, binary), exact, atol=1e-8)
+    # margins whose float32 loss is exactly 0 keep their order instead of one tie at a floor
+    margins = torch.tensor([120.0, 200.0, 900.0])
+    assert (F.binary_cross_entropy_with_logits(margins, torch.ones(3), reduction="none") == 0).all()
+    assert np.allclose(log_loss(margins, torch.ones(3, dtype=torch.long)), [-120.0, -200.0, -900.0])
+    wide = torch.tensor([[150.0, 0.0, 0.0], [0.0, 0.0, 900.0]])
+    assert np.allclose(log_loss(wide, torch.tensor([0, 0])), [-150.0 + np.log(2.0), np.log(900.0)])

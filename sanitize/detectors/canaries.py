@@ -16,7 +16,17 @@ of all classes are exchangeable, the number of D samples below the lowest of M c
 least k with probability ``C(n, k) / C(n + M, k)`` (the k lowest of the n + M are all from D),
 whatever the scores' distribution (:func:`below_lowest_canary_p`). That is the class's p-value;
 a class is suspected when it falls below ``alpha`` divided by the number of classes tested
-(Bonferroni), and only suspected classes lose samples. ASSET applies the same tail probability
+(Bonferroni), and only suspected classes lose samples.
+
+One canary far below the others hides everything above it: feature rows with a rare extreme
+value are fitted by the confused model with an enormous margin, and on EMBER-format rows with
+label noise one such canary sat below a trigger cluster that lay under every other canary.
+A class with many canaries of its own is therefore tested at several cuts, the lowest canary,
+the second lowest, ..., one more per :data:`CANARIES_PER_CUT` of its canaries, each with its
+exact tail (:func:`below_canary_p`), the smallest p-value multiplied by the cuts tried
+(:func:`scan_canary_cuts`): the test stays exact and tolerates one outlying canary per hundred.
+A class with fewer than 100 canaries of its own (every image reserve below 200 per class) has
+the single cut, as before. ASSET applies the same tail probability
 to its own cut, above the highest canary (``sanitize.detectors.asset.canary_p_values``).
 
 Why pooled over classes, and why not only: with m canaries of its own, a class can show poison
@@ -46,7 +56,7 @@ import math
 
 import numpy as np
 from scipy.special import gammaln
-from scipy.stats import fisher_exact
+from scipy.stats import fisher_exact, hypergeom
 
 from ..errors import ParameterError
 
@@ -68,6 +78,37 @@ HOMOGENEITY_LEVEL = 0.05
 # where the pooled test names it; the clean classes that break the pooling keep most of their
 # canaries fitted (docs/benchmarks.md, "The fallback needs a visible failure").
 BROKEN_FITTED_SHARE = 0.5
+# A class with m canaries of its own is tested at the 1 + m // CANARIES_PER_CUT lowest canaries
+# (pooled and own alike, Bonferroni over the cuts). With fewer, an extra cut costs the own test
+# more power than an outlying canary is likely to take, and scanning the pooled test alone named
+# clean classes (measured on the recorded image runs: docs/benchmarks.md, "One outlying canary").
+CANARIES_PER_CUT = 100
+
+
+def log_loss(logits, labels) -> np.ndarray:
+    """``log`` of each sample's cross-entropy under its label, in float64, exact where the loss
+    itself underflows.
+
+    A confused model fits some samples with enormous margins (feature rows with a rare extreme
+    value, or a trigger set past every clean value): their float32 loss is exactly 0 and a floor
+    under it makes them, poison and clean alike, one tie at the bottom of the class test. The loss
+    is ``softplus(s)`` with ``s = logsumexp_{j != y}(z_j - z_y)`` (for one logit ``l`` and a 0/1
+    label, ``s = -l`` or ``l``), whose log is ``s`` itself to double precision once ``s < -30``.
+    ``logits``: ``(N, C)``, or ``(N,)`` for a binary model's single logit (torch tensors).
+    """
+    import torch
+
+    z = logits.detach().double()
+    y = labels.to(z.device).long()
+    if z.ndim == 1:
+        s = torch.where(y == 1, -z, z)
+    else:
+        others = z - z.gather(1, y[:, None])
+        s = torch.logsumexp(others.scatter(1, y[:, None], float("-inf")), dim=1)
+    s = s.cpu().numpy()
+    with np.errstate(over="ignore", divide="ignore"):
+        exact = np.log(np.log1p(np.exp(np.minimum(s, 700.0))))
+    return np.where(s < -30.0, s, np.where(s > 700.0, np.log(np.maximum(s, 1.0)), exact))
 
 
 def class_robust_z(values: np.ndarray, labels: np.ndarray, canary_values: np.ndarray, canary_labels: np.ndarray,
@@ -110,6 +151,41 @@ def below_lowest_canary_p(n: int, k: int, m: int) -> float:
     return float(math.exp(log_p))
 
 
+def below_canary_p(n: int, k: int, m: int, order: int = 1) -> float:
+    """P(at least ``k`` of ``n`` exchangeable samples lie below the ``order``-th lowest of ``m`` others).
+
+    That happens when the ``k + order - 1`` lowest of the ``n + m`` hold at most ``order - 1``
+    canaries: a hypergeometric tail. ``order`` 1 is :func:`below_lowest_canary_p`.
+    """
+    if order <= 1:
+        return below_lowest_canary_p(n, k, m)
+    if k <= 0 or m < order:
+        return 1.0
+    return float(hypergeom.cdf(order - 1, n + m, m, k + order - 1))
+
+
+def scan_orders(m: int, orders: int | None) -> int:
+    """How many of the lowest of ``m`` canaries serve as cuts: ``orders``, or by default one more
+    per :data:`CANARIES_PER_CUT` canaries."""
+    return min(m, orders if orders is not None else 1 + m // CANARIES_PER_CUT)
+
+
+def scan_canary_cuts(scores: np.ndarray, canary_scores: np.ndarray, orders: int | None) -> tuple[int, int, float]:
+    """(order, count, p) of the cut among the lowest canaries (:func:`scan_orders`) that gives the
+    smallest tail probability, the p-value multiplied by the cuts tried (Bonferroni)."""
+    ordered = np.sort(canary_scores)
+    tried = scan_orders(len(ordered), orders)
+    if tried == 0:
+        return 1, 0, 1.0
+    best = (1, 0, 1.0)
+    for order in range(1, tried + 1):
+        count = int((scores < ordered[order - 1]).sum())
+        p = below_canary_p(len(scores), count, len(ordered), order)
+        if p < best[2] or order == 1:
+            best = (order, count, p)
+    return best[0], best[1], min(1.0, best[2] * tried)
+
+
 def detectable_count(n: int, m: int, level: float) -> int:
     """The fewest samples below the cut that make a class of ``n`` significant at ``level`` (n + 1: none)."""
     for k in range(1, n + 1):
@@ -118,12 +194,11 @@ def detectable_count(n: int, m: int, level: float) -> int:
     return n + 1
 
 
-def own_canary_p(scores: np.ndarray, canary_scores: np.ndarray) -> tuple[int, float]:
-    """(k, p) of one class against its own canaries: k samples below the lowest, p its exact tail."""
-    if len(canary_scores) == 0:
-        return 0, 1.0
-    k = int((scores < canary_scores.min()).sum())
-    return k, below_lowest_canary_p(len(scores), k, len(canary_scores))
+def own_canary_p(scores: np.ndarray, canary_scores: np.ndarray, orders: int | None = 1) -> tuple[int, float]:
+    """(k, p) of one class against its own canaries: k samples below the cut, p its exact tail
+    (:func:`scan_canary_cuts` over the ``orders`` lowest canaries; 1: the lowest)."""
+    _, k, p = scan_canary_cuts(scores, canary_scores, orders)
+    return k, p
 
 
 def fitted_homogeneity_p(own_fitted: int, own: int, all_fitted: int, total: int) -> float:
@@ -174,23 +249,24 @@ def pooled_canaries(canary_scores: np.ndarray, canary_labels: np.ndarray, broken
     return keep
 
 
-def flag_cut(canary_scores: np.ndarray, share: float) -> float:
-    """The ``k``-th lowest canary score, ``k = max(1, floor(share * (m + 1)))`` of ``m`` canaries.
+def flag_cut(canary_scores: np.ndarray, share: float, order: int = 1) -> float:
+    """The ``k``-th lowest canary score, ``k = max(order, floor(share * (m + 1)))`` of ``m`` canaries.
 
     In a suspected class, a clean sample exchangeable with the canaries lies below it with
     probability ``k / (m + 1) <= share`` (at least the lowest canary's ``1 / (m + 1)``): ``share``
     bounds the clean share of a suspected class that is flagged with it, while poison that
-    confusion left fitted, but not quite below every canary, is still taken.
+    confusion left fitted, but not quite below every canary, is still taken. ``order``: the cut
+    the class test named the class at (:func:`scan_canary_cuts`); flagging never stops above it.
     """
     ordered = np.sort(canary_scores)
-    k = max(1, math.floor(share * (len(ordered) + 1)))
+    k = max(order, math.floor(share * (len(ordered) + 1)))
     return float(ordered[min(k, len(ordered)) - 1])
 
 
 def canary_class_test(scores: np.ndarray, labels: np.ndarray, canary_scores: np.ndarray, canary_labels: np.ndarray,
                       num_classes: int, alpha: float = DEFAULT_ALPHA,
                       fitted: np.ndarray | None = None, canary_fitted: np.ndarray | None = None,
-                      class_names: list[str] | None = None, flag_share: float = 0.0
+                      class_names: list[str] | None = None, flag_share: float = 0.0, cut_orders: int | None = None
                       ) -> tuple[np.ndarray, list[int], list[dict], list[str]]:
     """Flags, suspected classes, per-class evidence and notes (see the module docstring).
 
@@ -212,7 +288,6 @@ def canary_class_test(scores: np.ndarray, labels: np.ndarray, canary_scores: np.
     broken = broken_classes(canary_labels, canary_fitted, num_classes, homogeneity)
     in_pool = pooled_canaries(canary_scores, canary_labels, broken)
     m_pool = int(in_pool.sum())
-    cut = float(canary_scores[in_pool].min()) if m_pool else -np.inf
     tested = [c for c in range(num_classes) if (labels == c).any()]
     level = alpha / max(1, len(tested))
     all_fitted = int(canary_fitted.sum()) if canary_fitted is not None else 0
@@ -223,30 +298,30 @@ def canary_class_test(scores: np.ndarray, labels: np.ndarray, canary_scores: np.
     for c in range(num_classes):
         mine, theirs = labels == c, canary_labels == c
         n, m_c = int(mine.sum()), int(theirs.sum())
-        k_own, p_own = own_canary_p(scores[mine], canary_scores[theirs])
+        orders = scan_orders(m_c, cut_orders)  # the class's own canaries set how many cuts both tests scan
+        order_own, k_own, p_own = scan_canary_cuts(scores[mine], canary_scores[theirs], orders)
         entry = {"class": c, "n_samples": n, "n_canaries": m_c, "p_value_own": p_own}
         if fitted is not None and canary_fitted is not None:
             j = int(canary_fitted[theirs].sum())
             entry.update(n_fitted=int(fitted[mine].sum()), n_canaries_fitted=j, homogeneity_p=homogeneity.get(c, 1.0))
         pooled = c not in broken
         if pooled:
-            k = int((mine & (scores < cut)).sum())
-            p_value = below_lowest_canary_p(n, k, m_pool)
+            order, k, p_value = scan_canary_cuts(scores[mine], canary_scores[in_pool], orders)
             is_suspect = bool(n and p_value < level and p_own < OWN_LEVEL)
-            detectable = detectable_count(n, m_pool, level) if n else None
+            detectable = detectable_count(n, m_pool, level / max(1, orders)) if n else None
         else:
-            k, p_value = k_own, p_own
+            order, k, p_value = order_own, k_own, p_own
             is_suspect = bool(n and p_own < level)
-            detectable = detectable_count(n, m_c, level) if n else None
+            detectable = detectable_count(n, m_c, level / max(1, orders)) if n else None
             notes.append(f"class {names[c]}: {entry['n_canaries_fitted']} of its {m_c} clean canaries stayed fitted "
                          f"after confusion, against {all_fitted - entry['n_canaries_fitted']} of the other "
                          f"{m_total - m_c}: tested against its own canaries only, so it is named only with at least "
                          f"{detectable} of its {n} samples below all of them")
-        entry.update(canary_pool="all classes" if pooled else "own", n_below_cut=k, p_value=p_value,
-                     detectable_count=detectable, suspected=is_suspect)
+        entry.update(canary_pool="all classes" if pooled else "own", n_below_cut=k, cut_order=order,
+                     p_value=p_value, detectable_count=detectable, suspected=is_suspect)
         if is_suspect:
             suspected.append(c)
-            flagged |= mine & (scores < flag_cut(canary_scores[in_pool if pooled else theirs], flag_share))
+            flagged |= mine & (scores < flag_cut(canary_scores[in_pool if pooled else theirs], flag_share, order))
         stats.append(entry)
     return flagged, suspected, stats, notes
 

@@ -34,6 +34,7 @@ from ..canaries import (
     canary_class_test,
     check_alpha,
     class_robust_z,
+    log_loss,
     set_wide_evidence,
     share_notes,
 )
@@ -215,7 +216,7 @@ class ConfusionTraining:
         logits, feats = infer(model, data.images, prep, features=True)
         labels = data.labels.cpu().numpy()
         isolated = (logits.argmax(1) == data.labels).cpu().numpy()
-        log_loss = np.log(np.maximum(F.cross_entropy(logits, data.labels, reduction="none").cpu().numpy(), 1e-30))
+        log_losses = log_loss(logits, data.labels)
         label_prob = torch.softmax(logits, 1).gather(1, data.labels[:, None]).squeeze(1).cpu().numpy()
         c = data.num_classes
         d, k = slice(0, n_inspected), slice(n_inspected, None)
@@ -228,7 +229,8 @@ class ConfusionTraining:
             stats = [{"class": cls, "n_samples": int((labels == cls).sum()),
                       "n_isolated": int((isolated & (labels == cls)).sum())} for cls in range(c)]
         else:
-            z, canary_z = class_robust_z(log_loss[d], labels[d], log_loss[k], labels[k], c, ~isolated[d], ~isolated[k])
+            z, canary_z = class_robust_z(log_losses[d], labels[d], log_losses[k], labels[k], c, ~isolated[d],
+                                         ~isolated[k])
             z[~isolated[d]], canary_z[~isolated[k]] = np.inf, np.inf
             flagged, suspected, stats, notes = canary_class_test(z, labels[d], canary_z, labels[k], c, self.alpha,
                                                                  isolated[d], isolated[k], class_names=data.classes,

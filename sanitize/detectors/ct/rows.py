@@ -46,6 +46,7 @@ from ..canaries import (
     canary_class_test,
     check_alpha,
     class_robust_z,
+    log_loss,
     set_wide_evidence,
     share_notes,
 )
@@ -342,8 +343,8 @@ class FeatureConfusionTraining:
                      for c in range(data.num_classes)]
         else:
             fitted = own_prob > 0.5
-            log_loss = np.log(np.maximum(losses, 1e-30))
-            z, canary_z = class_robust_z(log_loss[d], labels[d], log_loss[k], labels[k], data.num_classes,
+            log_losses = log_loss(logits, y)
+            z, canary_z = class_robust_z(log_losses[d], labels[d], log_losses[k], labels[k], data.num_classes,
                                          ~fitted[d], ~fitted[k])
             z[~fitted[d]], canary_z[~fitted[k]] = np.inf, np.inf
             flagged_l, suspected, stats, notes = canary_class_test(z, labels[d], canary_z, labels[k], data.num_classes,
