@@ -104,6 +104,10 @@ def recording_parser(description: str, datasets: list[str], attacks: list[str], 
     ap.add_argument("--attacks", nargs="+", default=attacks, help=attack_help)
     ap.add_argument("--rate", type=float, default=0.05)
     ap.add_argument("--target", type=int, default=0, help="the attacks' target class")
+    ap.add_argument("--trigger-values", default="min-population", choices=["min-population", "beyond-range"],
+                    help="ember-explanation: how the trigger's values are chosen")
+    ap.add_argument("--label-noise", type=float, default=0.0,
+                    help="ember: this share of the generated rows (data and reserve) carry the other label")
     ap.add_argument("--reserve-per-class", type=int, nargs="+", default=reserve_per_class)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--limit", type=int, default=3000, help="inspected images (cifar10, gtsrb) or rows (ember)")

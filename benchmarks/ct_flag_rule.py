@@ -41,14 +41,16 @@ def record_run(name: str, attack: str, per_class: int, seed: int, args, out: Pat
     import false_alarms
 
     import sanitize.detectors.ct.detector as ct_detector
+    import sanitize.detectors.ct.rows as ct_rows
     from sanitize import ct
     from sanitize.detectors.ct.detector import FLAG_SHARE
 
-    args.attack = None if attack == "clean" else attack.removesuffix("-a2a")
-    args.constrained, args.all_to_all = False, attack.endswith("-a2a")
+    args.attack = None if attack == "clean" else attack.removesuffix("-a2a").removesuffix("-constrained")
+    args.constrained, args.all_to_all = attack.endswith("-constrained"), attack.endswith("-a2a")
     data, reserve, truth = false_alarms.draw(name, per_class, seed, args)
     seen: dict = {}
-    original = ct_detector.canary_class_test
+    module = ct_rows if name == "ember" else ct_detector  # where ct on rows / on images calls the class test
+    original = module.canary_class_test
 
     def recording(scores, labels, canary_scores, canary_labels, num_classes, alpha, fitted, canary_fitted, **kw):
         seen.update(scores=scores, labels=labels, canary_scores=canary_scores, canary_labels=canary_labels,
@@ -59,55 +61,67 @@ def record_run(name: str, attack: str, per_class: int, seed: int, args, out: Pat
                     own=np.array([s["canary_pool"] == "own" for s in found[2]]))
         return found
 
-    standardise = ct_detector.class_robust_z
+    standardise = module.class_robust_z
 
     def recording_raw(values, labels, canary_values, canary_labels, *rest):
         # the log-losses before the per-class standardisation, so that a change to it can be replayed
         seen.update(log_loss=values, canary_log_loss=canary_values)
         return standardise(values, labels, canary_values, canary_labels, *rest)
 
-    ct_detector.canary_class_test, ct_detector.class_robust_z = recording, recording_raw
+    module.canary_class_test, module.class_robust_z = recording, recording_raw
     try:
         device, _ = pick_device(args.device)
         result = ct(data, reserve, seed=seed, device=device)
     finally:
-        ct_detector.canary_class_test, ct_detector.class_robust_z = original, standardise
-    own_rule = f"below {FLAG_SHARE:g}"
+        module.canary_class_test, module.class_robust_z = original, standardise
+    own_rule = "below 0" if name == "ember" else f"below {FLAG_SHARE:g}"  # rows flag below the cut
     assert np.array_equal(result.flagged, flags(seen, own_rule)), "the replay must reproduce ct's own flags"
     np.savez(out, truth=truth, **seen)
 
 
-def flags(run, rule: str) -> np.ndarray:
+def flags(run, rule: str, cuts: str = "scan") -> np.ndarray:
+    """The samples ``rule`` flags in one recorded run (:func:`decide`)."""
+    return decide(run, rule, cuts)[0]
+
+
+def decide(run, rule: str, cuts: str = "scan") -> tuple[np.ndarray, list[int]]:
     """The samples ``rule`` flags in one recorded run, the classes decided by today's class test
-    (``sanitize.detectors.canaries``) on the recorded inputs."""
+    (``sanitize.detectors.canaries``) on the recorded inputs; ``cuts``: ``scan`` (today's: a class
+    with many canaries of its own is also cut at its next-lowest canaries) or ``lowest`` (the
+    lowest canary only, the test before 2026-12-08)."""
     from sanitize.detectors.canaries import canary_class_test
 
     share = 0.0 if rule == "fitted" else float(rule.split()[1])
     num_classes = int(max(run["labels"].max(), run["canary_labels"].max())) + 1
     flagged, suspected, _, _ = canary_class_test(run["scores"], run["labels"], run["canary_scores"],
                                                  run["canary_labels"], num_classes, ALPHA, run["fitted"],
-                                                 run["canary_fitted"], flag_share=share)
-    return np.isin(run["labels"], suspected) & run["fitted"] if rule == "fitted" else flagged
+                                                 run["canary_fitted"], flag_share=share,
+                                                 cut_orders=1 if cuts == "lowest" else None)
+    return (np.isin(run["labels"], suspected) & run["fitted"] if rule == "fitted" else flagged), suspected
 
 
-def table(folder: Path) -> list[str]:
-    """Per setting and rule: TPR (min / mean) and FPR (mean / max) over the recorded seeds."""
+def table(folder: Path, cuts: list[str], rules: tuple[str, ...] = RULES) -> list[str]:
+    """Per setting, cuts and rule: TPR (min / mean) and FPR (mean / max) over the recorded seeds."""
     groups: dict[tuple, list] = defaultdict(list)
     for path in sorted(folder.glob("*.npz")):
         name, attack, per_class, _ = path.stem.split("_")
         groups[(name, attack, int(per_class))].append(np.load(path))
-    rows = ["| data | attack | reserve/class | runs | rule | TPR (min / mean) | FPR (mean / max) |",
-            "|---|---|---|---|---|---|---|"]
+    rows = ["| data | attack | reserve/class | runs | cuts | rule | runs naming a poisoned class / a clean one "
+            "| TPR (min / mean) | FPR (mean / max) |", "|---|---|---|---|---|---|---|---|---|"]
     for (name, attack, per_class), runs in sorted(groups.items()):
-        for rule in RULES:
-            tpr, fpr = [], []
-            for run in runs:
-                f, t = flags(run, rule), run["truth"]
-                tpr.append(f[t].mean() if t.any() else np.nan)
-                fpr.append(f[~t].mean())
-            shown = f"{np.nanmin(tpr):.3f} / {np.nanmean(tpr):.3f}" if not np.isnan(tpr).all() else "–"
-            rows.append(f"| {name} | {attack} | {per_class} | {len(runs)} | {rule} | {shown} | "
-                        f"{np.mean(fpr):.4f} / {np.max(fpr):.4f} |")
+        for cut in cuts:
+            for rule in rules:
+                tpr, fpr, named_poisoned, named_clean = [], [], 0, 0
+                for run in runs:
+                    (f, suspected), t = decide(run, rule, cut), run["truth"]
+                    poisoned = set(np.unique(run["labels"][t]).tolist())
+                    named_poisoned += bool(poisoned & set(suspected))
+                    named_clean += bool(set(suspected) - poisoned)
+                    tpr.append(f[t].mean() if t.any() else np.nan)
+                    fpr.append(f[~t].mean())
+                shown = f"{np.nanmin(tpr):.3f} / {np.nanmean(tpr):.3f}" if not np.isnan(tpr).all() else "–"
+                rows.append(f"| {name} | {attack} | {per_class} | {len(runs)} | {cut} | {rule} | "
+                            f"{named_poisoned} / {named_clean} | {shown} | {np.mean(fpr):.4f} / {np.max(fpr):.4f} |")
     return rows
 
 
@@ -133,10 +147,15 @@ def run_lines(folder: Path) -> list[str]:
 
 
 def main() -> None:
-    ap = recording_parser(__doc__.splitlines()[0], ["digits", "cifar10", "gtsrb"], ["badnet", "blend"],
-                          "attack names, 'clean', or NAME-a2a for the all-to-all variant (badnet-a2a)", [20, 50])
-    folder = record_all(ap.parse_args(), record_run)
-    print("\n".join(table(folder)))
+    ap = recording_parser(__doc__.splitlines()[0], ["digits", "cifar10", "gtsrb", "ember"], ["badnet", "blend"],
+                          "attack names, 'clean', NAME-a2a for the all-to-all variant (badnet-a2a), "
+                          "ember-explanation-constrained", [20, 50])
+    ap.add_argument("--cuts", nargs="+", default=["scan"], choices=["scan", "lowest"],
+                    help="replay the class test with the scan of cuts (today's) and/or the lowest canary only")
+    ap.add_argument("--rules", nargs="+", default=list(RULES), help="flagging rules to replay (default: all)")
+    args = ap.parse_args()
+    folder = record_all(args, record_run)
+    print("\n".join(table(folder, args.cuts, tuple(args.rules))))
     print("\n".join(run_lines(folder)))
 
 
