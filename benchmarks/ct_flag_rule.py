@@ -75,20 +75,21 @@ def record_run(name: str, attack: str, per_class: int, seed: int, args, out: Pat
     finally:
         module.canary_class_test, module.class_robust_z = original, standardise
     own_rule = "below 0" if name == "ember" else f"below {FLAG_SHARE:g}"  # rows flag below the cut
-    assert np.array_equal(result.flagged, flags(seen, own_rule)), "the replay must reproduce ct's own flags"
+    assert np.array_equal(result.flagged, flags(seen, own_rule, "scan" if name == "ember" else "lowest")), \
+        "the replay must reproduce ct's own flags"
     np.savez(out, truth=truth, **seen)
 
 
-def flags(run, rule: str, cuts: str = "scan") -> np.ndarray:
+def flags(run, rule: str, cuts: str) -> np.ndarray:
     """The samples ``rule`` flags in one recorded run (:func:`decide`)."""
     return decide(run, rule, cuts)[0]
 
 
-def decide(run, rule: str, cuts: str = "scan") -> tuple[np.ndarray, list[int]]:
+def decide(run, rule: str, cuts: str) -> tuple[np.ndarray, list[int]]:
     """The samples ``rule`` flags in one recorded run, the classes decided by today's class test
-    (``sanitize.detectors.canaries``) on the recorded inputs; ``cuts``: ``scan`` (today's: a class
-    with many canaries of its own is also cut at its next-lowest canaries) or ``lowest`` (the
-    lowest canary only, the test before 2026-12-08)."""
+    (``sanitize.detectors.canaries``) on the recorded inputs; ``cuts``: ``scan`` (a class with many
+    canaries of its own is also cut at its next-lowest canaries: CT on feature rows since
+    2026-12-08) or ``lowest`` (the lowest canary only: CT on images)."""
     from sanitize.detectors.canaries import canary_class_test
 
     share = 0.0 if rule == "fitted" else float(rule.split()[1])
@@ -150,8 +151,9 @@ def main() -> None:
     ap = recording_parser(__doc__.splitlines()[0], ["digits", "cifar10", "gtsrb", "ember"], ["badnet", "blend"],
                           "attack names, 'clean', NAME-a2a for the all-to-all variant (badnet-a2a), "
                           "ember-explanation-constrained", [20, 50])
-    ap.add_argument("--cuts", nargs="+", default=["scan"], choices=["scan", "lowest"],
-                    help="replay the class test with the scan of cuts (today's) and/or the lowest canary only")
+    ap.add_argument("--cuts", nargs="+", default=["lowest"], choices=["scan", "lowest"],
+                    help="replay the class test with the lowest canary only (CT on images) and/or the scan of "
+                         "cuts (CT on feature rows)")
     ap.add_argument("--rules", nargs="+", default=list(RULES), help="flagging rules to replay (default: all)")
     args = ap.parse_args()
     folder = record_all(args, record_run)

@@ -66,16 +66,17 @@ def test_one_outlying_canary_does_not_hide_a_cluster_in_the_tail() -> None:
     """Feature rows with a rare extreme value give a canary far below the others (a row whose
     label the confused model fits with an enormous margin). A trigger cluster just above it, below
     every other canary, was invisible to a cut at the lowest canary (EMBER-format rows with label
-    noise, docs/ember.md); the scan's second cut sees it, and the flags reach the cut it used."""
+    noise, docs/ember.md); the scan's second cut (CT on rows) sees it, and the flags reach the cut
+    it used."""
     scores, labels, canary_scores, canary_labels = clean_run(np.random.default_rng(5), classes=2, n=5000, m=300,
                                                              shift=False)
     canary_scores[0] = -40.0  # class 0's outlying canary
     poison = np.flatnonzero(labels == 0)[:100]
     scores[poison] = np.sort(canary_scores)[1] - 0.5  # below every canary but the outlying one
     z, cz = class_robust_z(scores, labels, canary_scores, canary_labels, 2)
-    only_lowest = canary_class_test(z, labels, cz, canary_labels, 2, 1e-3, cut_orders=1)
+    only_lowest = canary_class_test(z, labels, cz, canary_labels, 2, 1e-3)  # the default: images' single cut
     assert only_lowest[1] == []
-    flagged, suspected, stats, _ = canary_class_test(z, labels, cz, canary_labels, 2, 1e-3)
+    flagged, suspected, stats, _ = canary_class_test(z, labels, cz, canary_labels, 2, 1e-3, cut_orders=None)
     assert suspected == [0] and flagged[poison].all() and flagged.sum() <= len(poison) + 10
     assert stats[0]["n_below_cut"] >= len(poison)
 
