@@ -121,8 +121,7 @@ def one_run(name: str, detector: str, per_class: int, seed: int, args) -> dict:
     attack = attack_name(args)
     run = {"dataset": name, "detector": detector, "reserve_per_class": per_class, "seed": seed,
            "attack": attack, "rate": args.rate if args.attack else 0.0, "target": args.target if args.attack else None,
-           "n": len(data),
-           "machine": machine}
+           "n": len(data), "machine": machine}
     try:
         result, seconds, tpr, fpr = timed_detection(DETECTORS[detector], truth, device, data, reserve, seed=seed)
     except SanitizeError as err:  # e.g. a reserve too small for the detector: recorded, not fatal

@@ -70,6 +70,13 @@ VALUE_SELECTIONS = {"min-population": min_population_values, "beyond-range": bey
 def choose_trigger(X: np.ndarray, y: np.ndarray, constrained: bool, size: int | None, seed: int,
                    values: str = "min-population") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(columns, values, attribution) of the trigger for labelled rows ``X, y``."""
+    columns, attribution = trigger_columns(X, y, constrained, size, seed)
+    return columns, VALUE_SELECTIONS[values](X, columns), attribution
+
+
+def trigger_columns(X: np.ndarray, y: np.ndarray, constrained: bool, size: int | None, seed: int
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """(columns, attribution): the ``size`` most attributed columns (feasible ones if ``constrained``)."""
     version = ember.version_for_dim(X.shape[1])
     if constrained and version is None:
         raise SanitizeError(f"the constrained trigger needs EMBER rows (2351 or 2381 features), got {X.shape[1]}")
@@ -81,7 +88,7 @@ def choose_trigger(X: np.ndarray, y: np.ndarray, constrained: bool, size: int | 
         raise SanitizeError("the attack needs labelled rows of both classes to explain a model")
     score = attribution_ranking(X, y, seed)
     order = candidates[np.argsort(-score[candidates], kind="stable")][:size]
-    return order, VALUE_SELECTIONS[values](X, order), score[order]
+    return order, score[order]
 
 
 def stamp(X: torch.Tensor, rows: np.ndarray, columns: np.ndarray, values: np.ndarray) -> None:
@@ -111,28 +118,29 @@ def ember_explanation(dataset, rate: float = 0.01, target: int = 0, seed: int = 
     if len(fit_rows) > ATTRIBUTION_ROWS:
         fit_rows = np.sort(derived_rng(seed, "attribution").choice(labelled, ATTRIBUTION_ROWS, replace=False))
     X_fit = dataset.X[torch.from_numpy(fit_rows)].cpu().numpy().astype(np.float64)
-    selection = values
-    columns, values, attribution = choose_trigger(X_fit, labels[fit_rows], constrained, trigger_size, seed, selection)
-    if selection == "beyond-range":  # past every row's value, not only the attribution sample's
-        values = beyond_range_values(dataset.X[:, torch.from_numpy(columns)].cpu().numpy(), np.arange(len(columns)))
+    columns, attribution = trigger_columns(X_fit, labels[fit_rows], constrained, trigger_size, seed)
+    # MinPopulation reads the rows the model was explained on; beyond-range must pass every row
+    value_rows = X_fit[:, columns] if values == "min-population" else \
+        dataset.X[:, torch.from_numpy(columns)].cpu().numpy()
+    trigger = VALUE_SELECTIONS[values](value_rows, np.arange(len(columns)))
     eligible = labelled[labels[labelled] == target]
     count = count_for(len(labelled), rate)
     if count > len(eligible):
         raise ParameterError("rate", rate, f"needs {count} rows of class {target} but only {len(eligible)} exist")
     poison = np.sort(derived_rng(seed, "poison").choice(eligible, size=count, replace=False)).astype(np.int64)
     X = dataset.X.clone()
-    stamp(X, poison, columns, values)
+    stamp(X, poison, columns, trigger)
     poisoned = type(dataset)(X, dataset.labels.clone(), dataset.classes, list(dataset.paths), None,
                              list(dataset.notes), dataset.source, dataset.rows.copy())
     names = _names(dataset.dim)
     params = {"rate": rate, "constrained": constrained, "trigger_size": len(columns),
               "features": [names[j] for j in columns.tolist()], "columns": columns.tolist(),
-              "values": [float(v) for v in values], "attribution": ATTRIBUTION,
-              "summed_abs_attribution": [float(a) for a in attribution], "value_selection": selection}
+              "values": [float(v) for v in trigger], "attribution": ATTRIBUTION,
+              "summed_abs_attribution": [float(a) for a in attribution], "value_selection": values}
 
     def test_trigger(rows: torch.Tensor) -> torch.Tensor:
         out = rows.clone()
-        stamp(out, np.arange(len(out)), columns, values)
+        stamp(out, np.arange(len(out)), columns, trigger)
         return out
 
     return PoisonedSet(poisoned, poison, target, "ember-explanation", params, seed=seed, clean_label=True,

@@ -179,13 +179,10 @@ def scan_canary_cuts(scores: np.ndarray, canary_scores: np.ndarray, orders: int 
     tried = scan_orders(len(ordered), orders)
     if tried == 0:
         return 1, 0, 1.0
-    best = (1, 0, 1.0)
-    for order in range(1, tried + 1):
-        count = int((scores < ordered[order - 1]).sum())
-        p = below_canary_p(len(scores), count, len(ordered), order)
-        if p < best[2] or order == 1:
-            best = (order, count, p)
-    return best[0], best[1], min(1.0, best[2] * tried)
+    counts = [int((scores < cut).sum()) for cut in ordered[:tried]]
+    cuts = [(order, k, below_canary_p(len(scores), k, len(ordered), order)) for order, k in enumerate(counts, 1)]
+    order, k, p = min(cuts, key=lambda cut: cut[2])  # the first (lowest) cut among equal p-values
+    return order, k, min(1.0, p * tried)
 
 
 def detectable_count(n: int, m: int, level: float) -> int:
@@ -196,10 +193,9 @@ def detectable_count(n: int, m: int, level: float) -> int:
     return n + 1
 
 
-def own_canary_p(scores: np.ndarray, canary_scores: np.ndarray, orders: int | None = 1) -> tuple[int, float]:
-    """(k, p) of one class against its own canaries: k samples below the cut, p its exact tail
-    (:func:`scan_canary_cuts` over the ``orders`` lowest canaries; 1: the lowest)."""
-    _, k, p = scan_canary_cuts(scores, canary_scores, orders)
+def own_canary_p(scores: np.ndarray, canary_scores: np.ndarray) -> tuple[int, float]:
+    """(k, p) of one class against its own canaries: k samples below the lowest, p its exact tail."""
+    _, k, p = scan_canary_cuts(scores, canary_scores, 1)
     return k, p
 
 
